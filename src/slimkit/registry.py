@@ -1,0 +1,130 @@
+"""Techniques registered by config type.
+
+A technique is a typed config class plus one `apply` per model format it works on. The pipeline
+asks the registry which formats a config supports and calls the matching function; nothing else
+in slimkit names a technique, so adding one touches one new file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from slimkit.errors import ConfigError
+from slimkit.model import Format, Model
+
+if TYPE_CHECKING:
+    from slimkit.data import Dataset
+
+
+class TechniqueConfig(BaseModel):
+    """Base of every technique config: frozen, strict about unknown fields, YAML round-trips."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    technique: str
+    name: ClassVar[str] = ""
+
+    def short(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.model_dump(exclude={"technique"}).items())
+        return f"{self.technique}({opts})"
+
+
+@dataclass
+class StepContext:
+    workdir: Path
+    data: Dataset | None = None
+    threads: int = 2
+
+
+Apply = Callable[[Model, Any, StepContext], Model]
+
+
+@dataclass(frozen=True)
+class Implementation:
+    apply: Apply
+    format: Format
+    requires_data: bool
+    # Rebuild the structure from the record alone (no data), before weights are loaded.
+    # None means `apply` itself is deterministic and data-free, so it serves as the rebuild.
+    rebuild: Apply | None = None
+
+
+_CONFIGS: dict[str, type[TechniqueConfig]] = {}
+_IMPLS: dict[type[TechniqueConfig], dict[str, Implementation]] = {}
+
+
+def technique(config: type[TechniqueConfig], *, format: Format, requires_data: bool = False,
+              rebuild: Apply | None = None) -> Callable[[Apply], Apply]:
+    """Register `apply` for `config` on models of `format`."""
+    tag = config.model_fields["technique"].default
+    if not isinstance(tag, str):
+        raise TypeError(f"{config.__name__}.technique needs a string default")
+    config.name = tag
+    _CONFIGS[tag] = config
+
+    def deco(fn: Apply) -> Apply:
+        _IMPLS.setdefault(config, {})[format] = Implementation(fn, format, requires_data, rebuild)
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    import slimkit.techniques  # noqa: F401  (registers the built-in techniques)
+
+
+def implementations(config: TechniqueConfig) -> dict[str, Implementation]:
+    """Implementations by format, the most derived config class first."""
+    _ensure_loaded()
+    found: dict[str, Implementation] = {}
+    for cls in type(config).__mro__:
+        for fmt, impl in _IMPLS.get(cls, {}).items():
+            found.setdefault(fmt, impl)
+    return found
+
+
+def technique_names() -> list[str]:
+    _ensure_loaded()
+    return sorted(_CONFIGS)
+
+
+def config_class(tag: str) -> type[TechniqueConfig]:
+    _ensure_loaded()
+    if tag not in _CONFIGS:
+        raise ConfigError(f"unknown technique {tag!r} (known: {', '.join(sorted(_CONFIGS))})")
+    return _CONFIGS[tag]
+
+
+def parse_step(raw: Any) -> TechniqueConfig:
+    """Build a technique config from `{technique: name, ...options}` or `{name: {options}}`.
+
+    Raises ValueError with one line naming the offending option, which pydantic then places
+    under the step's location in the recipe.
+    """
+    if isinstance(raw, TechniqueConfig):
+        return raw
+    if isinstance(raw, str):
+        raw = {"technique": raw}
+    if not isinstance(raw, dict):
+        raise ValueError("a step is a mapping such as {technique: dynamic_int8}")
+    if "technique" not in raw:
+        if len(raw) != 1:
+            raise ValueError("a step needs the field 'technique'")
+        (tag, opts), = raw.items()
+        raw = {"technique": tag, **(opts or {})}
+    try:
+        cls = config_class(str(raw["technique"]))
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ValueError(f"{cls.name}.{where}: {msg}") from None

@@ -1,0 +1,209 @@
+"""Hand-drawn SVG charts, so the HTML report needs no plotting library and works offline.
+
+The SVG carries no `xmlns` attribute on purpose: inline SVG in HTML5 does not need it, and
+leaving it out keeps the report free of any URL at all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from html import escape
+
+ACCENT = "#2563eb"
+BASE = "#d97706"
+MUTED = "#94a3b8"
+INK = "#334155"
+GRID = "#e2e8f0"
+
+
+@dataclass(frozen=True)
+class Point:
+    label: str
+    x: float
+    y: float
+    baseline: bool = False
+
+
+def value_range(values: list[float]) -> tuple[float, float]:
+    """Pad the data range so points never sit on the frame, and never let it collapse to 0."""
+    lo, hi = min(values), max(values)
+    span = hi - lo
+    pad = span * 0.08 if span > 0 else max(abs(lo) * 0.05, 1e-3)
+    return lo - pad, hi + pad
+
+
+def ticks(lo: float, hi: float, count: int = 5) -> tuple[list[float], int]:
+    """Steps of 1, 2, 2.5 or 5 × 10^k keep tick labels short and easy to read."""
+    raw = (hi - lo) / count
+    power = math.floor(math.log10(raw))
+    mult = next(m for m in (1, 2, 2.5, 5, 10) if m * 10**power >= raw * 0.999)
+    if mult == 10:
+        mult, power = 1, power + 1
+    step = mult * 10**power
+    decimals = max(0, -power + (1 if mult == 2.5 else 0))
+    values = []
+    index = math.ceil(lo / step - 1e-9)
+    while index * step <= hi + step * 1e-9:
+        values.append(index * step)
+        index += 1
+    return values, decimals
+
+
+def pareto_front(points: list[Point], lower_is_better: bool = False) -> list[Point]:
+    """Candidates no other candidate beats on both speed and quality: the real choices."""
+    sign = -1.0 if lower_is_better else 1.0
+
+    def dominates(a: Point, b: Point) -> bool:
+        ay, by = sign * a.y, sign * b.y
+        return a.x >= b.x and ay >= by and (a.x > b.x or ay > by)
+
+    front = [p for p in points if not any(dominates(q, p) for q in points)]
+    return sorted(front, key=lambda p: (p.x, -sign * p.y))
+
+
+def fmt_tick(value: float, decimals: int, suffix: str = "") -> str:
+    return f"{value:.{decimals}f}{suffix}"
+
+
+def text(x: float, y: float, body: str, anchor: str = "start", cls: str = "") -> str:
+    klass = f' class="{cls}"' if cls else ""
+    return (
+        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{klass}>{escape(body)}</text>'
+    )
+
+
+def scatter(points: list[Point], x_label: str, y_label: str, lower_is_better: bool = False,
+            width: int = 680, height: int = 400) -> str:
+    """Quality against speed-up: the trade-off a reader has to make, in one picture."""
+    if not points:
+        return ""
+    left, right, top, bottom = 70, 30, 30, 52
+    pw, ph = width - left - right, height - top - bottom
+    x_lo, x_hi = value_range([p.x for p in points] + [1.0])
+    y_lo, y_hi = value_range([p.y for p in points])
+
+    def sx(x: float) -> float:
+        return left + (x - x_lo) / (x_hi - x_lo) * pw
+
+    def sy(y: float) -> float:
+        return top + ph - (y - y_lo) / (y_hi - y_lo) * ph
+
+    out = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(y_label)} versus {escape(x_label)}">',
+        f"<title>{escape(y_label)} versus {escape(x_label)}</title>",
+    ]
+    xs, xd = ticks(x_lo, x_hi)
+    ys, yd = ticks(y_lo, y_hi)
+    for x in xs:
+        out.append(f'<line x1="{sx(x):.1f}" y1="{top}" x2="{sx(x):.1f}" y2="{top + ph}" '
+                   f'stroke="{GRID}"/>')
+        out.append(text(sx(x), top + ph + 18, fmt_tick(x, xd, "×"), "middle", "tick"))
+    for y in ys:
+        out.append(f'<line x1="{left}" y1="{sy(y):.1f}" x2="{left + pw}" y2="{sy(y):.1f}" '
+                   f'stroke="{GRID}"/>')
+        out.append(text(left - 8, sy(y) + 4, fmt_tick(y, yd), "end", "tick"))
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" '
+               f'stroke="{INK}"/>')
+    if x_lo < 1.0 < x_hi:
+        out.append(f'<line class="ref" x1="{sx(1.0):.1f}" y1="{top}" x2="{sx(1.0):.1f}" '
+                   f'y2="{top + ph}" stroke="{BASE}" stroke-dasharray="2 3"/>')
+    out.append(text(left + pw / 2, height - 10, x_label, "middle", "axis"))
+    out.append(f'<text class="axis" text-anchor="middle" transform="translate(16 '
+               f'{top + ph / 2:.1f}) rotate(-90)">{escape(y_label)}</text>')
+    front = pareto_front(points, lower_is_better)
+    path = " ".join(f"{'M' if i == 0 else 'L'}{sx(p.x):.1f} {sy(p.y):.1f}"
+                    for i, p in enumerate(front))
+    out.append(f'<path id="pareto-front" class="pareto" d="{path}" fill="none" '
+               f'stroke="{ACCENT}" stroke-width="1.5" stroke-dasharray="6 4"/>')
+    on_front = {id(p) for p in front}
+    # Circles first, labels after, so no marker ever hides a label.
+    labels = []
+    placed = [box_around(sx(p.x), sy(p.y), 7) for p in points]
+    for p in sorted(points, key=lambda p: not p.baseline):
+        cx, cy = sx(p.x), sy(p.y)
+        colour = BASE if p.baseline else ACCENT if id(p) in on_front else MUTED
+        label = p.label + (" (baseline)" if p.baseline else "")
+        out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{7 if p.baseline else 5}" '
+                   f'fill="{colour}" stroke="#fff" stroke-width="1.5"><title>{escape(label)}: '
+                   f'{p.x:.2f}×, {p.y:.4g}</title></circle>')
+        lx, ly, anchor = place_label(cx, cy, label, (left, top, left + pw, top + ph), placed)
+        labels.append(text(lx, ly, label, anchor, "point-label"))
+    out += labels
+    legend_x, legend_y = left + pw - 190, top - 10
+    out.append(f'<circle cx="{legend_x}" cy="{legend_y - 4}" r="5" fill="{BASE}"/>')
+    out.append(text(legend_x + 10, legend_y, "baseline", cls="legend"))
+    out.append(f'<line x1="{legend_x + 80}" y1="{legend_y - 4}" x2="{legend_x + 104}" '
+               f'y2="{legend_y - 4}" stroke="{ACCENT}" stroke-width="1.5" '
+               'stroke-dasharray="6 4"/>')
+    out.append(text(legend_x + 110, legend_y, "Pareto front", cls="legend"))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+Box = tuple[float, float, float, float]
+
+
+def box_around(cx: float, cy: float, r: float) -> Box:
+    return cx - r, cy - r, cx + r, cy + r
+
+
+def place_label(cx: float, cy: float, label: str, frame: Box, placed: list[Box],
+                ) -> tuple[float, float, str]:
+    """Try the four corners around a point, then step downwards; crude, but enough for the
+    dozen or so candidates a run has."""
+    width = 6.4 * len(label)
+    options = []
+    for dy in (-9.0, 17.0, 31.0, 45.0, -23.0, -37.0):
+        options += [(cx + 9, cy + dy, "start"), (cx - 9, cy + dy, "end")]
+    best = options[0] if cx + 9 + width <= frame[2] else options[1]
+    for x, y, anchor in options:
+        x0 = x if anchor == "start" else x - width
+        box = (x0, y - 11, x0 + width, y + 3)
+        inside = frame[0] <= box[0] and frame[1] <= box[1] and box[2] <= frame[2] and (
+            box[3] <= frame[3])
+        if inside and not any(overlaps(box, other) for other in placed):
+            best = (x, y, anchor)
+            break
+    x, y, anchor = best
+    x0 = x if anchor == "start" else x - width
+    placed.append((x0, y - 11, x0 + width, y + 3))
+    return best
+
+
+def overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def bars(items: list[tuple[str, float, bool]], label: str, width: int = 680) -> str:
+    """Speed-up per candidate; the 1× line makes slower-than-baseline candidates obvious."""
+    if not items:
+        return ""
+    left, right, top, row = 180, 60, 12, 24
+    pw = width - left - right
+    height = top + row * len(items) + 34
+    hi = max(1.0, *(v for _, v, _ in items)) * 1.05
+
+    def sx(v: float) -> float:
+        return left + max(v, 0.0) / hi * pw
+
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" aria-label="{escape(label)}">',
+           f"<title>{escape(label)}</title>"]
+    for i, (name, value, is_base) in enumerate(items):
+        y = top + i * row
+        shown = name if len(name) <= 26 else name[:25] + "…"
+        out.append(text(left - 8, y + 15, shown, "end", "bar-label"))
+        colour = BASE if is_base else ACCENT
+        out.append(f'<rect class="bar" x="{left}" y="{y + 4}" width="{sx(value) - left:.1f}" '
+                   f'height="{row - 8}" rx="2" fill="{colour}"><title>{escape(name)}: '
+                   f'{value:.2f}×</title></rect>')
+        out.append(text(sx(value) + 6, y + 15, f"{value:.2f}×", cls="tick"))
+    base_y = top + row * len(items)
+    out.append(f'<line x1="{sx(1.0):.1f}" y1="{top}" x2="{sx(1.0):.1f}" y2="{base_y}" '
+               f'stroke="{INK}" stroke-dasharray="3 3"/>')
+    out.append(text(sx(1.0), base_y + 14, "1× (baseline)", "middle", "tick"))
+    out.append(text(left + pw / 2, base_y + 30, label, "middle", "axis"))
+    out.append("</svg>")
+    return "\n".join(out)

@@ -1,0 +1,195 @@
+"""Run a recipe: build every candidate, evaluate it, benchmark all of them in one run, report.
+
+Nothing is written into the run directory until the work is done; then each artifact, the
+results and the reports land atomically. Finished steps and quality figures are cached, so a
+rerun or an interrupted run resumes where it stopped; speed is always measured afresh, because
+a ratio is only worth something when both sides were timed together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimkit import __version__
+from slimkit.artifact import ARTIFACT_JSON, load_artifact
+from slimkit.bench import Target, run_benchmark
+from slimkit.config import Recipe
+from slimkit.data import Dataset, load_data
+from slimkit.errors import SlimkitError
+from slimkit.evaluate import collect_outputs, evaluate_outputs, primary_metric
+from slimkit.io import (
+    atomic_write_json,
+    atomic_write_text,
+    copy_tree,
+    dir_size,
+    sha256_json,
+)
+from slimkit.machine import describe_machine
+from slimkit.model import import_object, load_model
+from slimkit.pipeline import Built, Cache, build, model_key
+from slimkit.progress import console, progress_bar
+from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
+
+
+@dataclass
+class CandidateResult:
+    name: str
+    runtime: str
+    built: Built | None = None
+    error: str | None = None
+    quality: dict[str, float] | None = None
+    bench: dict[str, Any] = field(default_factory=dict)
+
+
+def run_recipe(recipe: Recipe) -> dict[str, Any]:
+    cache = Cache(Path(recipe.cache_dir) if recipe.cache_dir else None)
+    base = load_model(recipe.model)
+    data = load_data(recipe.data, base)
+    base_key = model_key(base)
+    errors: list[str] = []
+    results = [CandidateResult(c.name, c.runtime) for c in recipe.candidates]
+
+    with progress_bar("building", total=len(results)) as advance:
+        for cand, res in zip(recipe.candidates, results, strict=True):
+            try:
+                res.built = build(base, base_key, list(cand.steps), runtime_format(cand.runtime),
+                                  cache, threads=recipe.benchmark.threads,
+                                  on_step=lambda s, n=cand.name: advance(0, f"{n}: {s}"))
+            except SlimkitError as e:
+                res.error = str(e)
+            except Exception as e:
+                res.error = f"{type(e).__name__}: {e}"
+                errors.append(f"{cand.name}\n{traceback.format_exc()}")
+            advance(1, cand.name)
+
+    _evaluate_all(recipe, results, data, cache, errors)
+    _benchmark_all(recipe, results, data)
+    doc = _results_doc(recipe, results, data)
+    _write_run(recipe, results, doc, errors)
+    return doc
+
+
+def _evaluate_all(recipe: Recipe, results: list[CandidateResult], data: Dataset, cache: Cache,
+                  errors: list[str]) -> None:
+    ev = recipe.evaluation
+    user = import_object(ev.user_metric, "user metric") if ev.user_metric else None
+    order = sorted(results, key=lambda r: r.name != recipe.baseline.name)  # baseline first
+    reference: np.ndarray | None = None
+    ref_key = ""
+    with progress_bar("evaluating", total=len(data) * len(results)) as advance:
+        for res in order:
+            if res.built is None:
+                advance(len(data))
+                continue
+            key = sha256_json({"model": res.built.key, "runtime": res.runtime, "v": __version__,
+                               "eval": ev.model_dump(), "data": data.fingerprint(),
+                               "reference": ref_key})
+            cached = cache.root / "metrics" / f"{key}.npz"
+            try:
+                if cached.is_file():
+                    with np.load(cached, allow_pickle=False) as z:
+                        outputs = z["outputs"]
+                    advance(len(data), res.name)
+                else:
+                    rt = get_runtime(res.runtime, RuntimeOptions(threads=recipe.benchmark.threads))
+                    session = rt.load(load_artifact(res.built.path))
+                    outputs = collect_outputs(session, data, ev.batch_size, ev.output,
+                                              lambda n, r=res.name: advance(n, r))
+                    del session
+                    gc.collect()
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = cached.with_suffix(".tmp.npz")
+                    np.savez(tmp, outputs=outputs)
+                    tmp.replace(cached)
+            except SlimkitError as e:
+                res.error = str(e)
+                continue
+            except Exception as e:
+                res.error = f"{type(e).__name__}: {e}"
+                errors.append(f"{res.name} (evaluation)\n{traceback.format_exc()}")
+                continue
+            if res.name == recipe.baseline.name:
+                reference, ref_key = outputs, res.built.key
+            res.quality = evaluate_outputs(ev.task, outputs, reference, data.labels,
+                                           top_k=ev.top_k, user_metric=user)
+
+
+def _benchmark_all(recipe: Recipe, results: list[CandidateResult], data: Dataset) -> None:
+    targets = [Target(r.name, r.built.path, r.runtime) for r in results
+               if r.built is not None and r.error is None]
+    if not targets:
+        return
+    opts = recipe.benchmark
+    steps = len(targets) * opts.rounds
+    with progress_bar("benchmarking", total=steps) as advance:
+        measured = run_benchmark(targets, data, opts, recipe.baseline.name,
+                                 progress=lambda note: advance(1, note))
+    for r in results:
+        if r.name in measured:
+            r.bench = measured[r.name]
+            if "error" in r.bench:
+                r.error = f"benchmark: {r.bench.pop('error')}"
+
+
+def model_bytes(path: Path) -> int:
+    return dir_size(path) - (path / ARTIFACT_JSON).stat().st_size
+
+
+def _results_doc(recipe: Recipe, results: list[CandidateResult], data: Dataset) -> dict[str, Any]:
+    base = next(r for r in results if r.name == recipe.baseline.name)
+    base_size = model_bytes(base.built.path) if base.built else None
+    cands = []
+    for r in results:
+        size = model_bytes(r.built.path) if r.built else None
+        ratios = r.bench.pop("ratios", None) if r.bench else None
+        if ratios is not None and size and base_size:
+            ratios["size"] = size / base_size
+        cands.append({
+            "name": r.name, "runtime": r.runtime,
+            "runtime_info": r.bench.get("runtime_info"),
+            "steps": r.built.lineage() if r.built else [],
+            "key": r.built.key if r.built else None,
+            "artifact": f"candidates/{r.name}" if r.built else None,
+            "size_bytes": size,
+            "quality": r.quality,
+            "bench": {k: v for k, v in r.bench.items() if k != "runtime_info"} or None,
+            "ratios": ratios if r.error is None else None,
+            "error": r.error,
+        })
+    return {
+        "name": recipe.name, "slimkit_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "task": recipe.evaluation.task,
+        "primary_metric": primary_metric(recipe.evaluation.task, data.labels is not None),
+        "data": {"name": data.name, "examples": len(data), "fingerprint": data.fingerprint()},
+        "machine": describe_machine(),
+        "benchmark": recipe.benchmark.model_dump(),
+        "baseline": recipe.baseline.name,
+        "recipe": recipe.model_dump(mode="json"),
+        "candidates": cands,
+    }
+
+
+def _write_run(recipe: Recipe, results: list[CandidateResult], doc: dict[str, Any],
+               errors: list[str]) -> None:
+    from slimkit.report import render_html, render_markdown
+
+    out = recipe.output_dir
+    for r in results:
+        if r.built is not None:
+            copy_tree(r.built.path, out / "candidates" / r.name)
+    atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
+    atomic_write_json(out / "results.json", doc)
+    atomic_write_text(out / "report.md", render_markdown(doc))
+    atomic_write_text(out / "report.html", render_html(doc))
+    if errors:
+        atomic_write_text(out / "errors.log", "\n\n".join(errors))
+        console.print(f"[yellow]{len(errors)} unexpected error(s); details in "
+                      f"{out / 'errors.log'}")
