@@ -52,6 +52,7 @@ def load_hf(path: Path, head: Head = "embedding") -> TorchModel:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
         if head == "classification":
             model: nn.Module = LogitsOnly(

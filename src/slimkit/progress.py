@@ -22,6 +22,12 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
+def stdout_console() -> Console:
+    """Tables go to stdout; off a terminal (logs, CI) they get room so no column is cut."""
+    out = Console()
+    return out if out.is_terminal else Console(width=200)
+
+
 @contextlib.contextmanager
 def progress_bar(title: str, total: float | None) -> Iterator[Callable[..., None]]:
     """Yield `advance(n=1, note="")`; the note shows beside the bar (a loss, a candidate)."""

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from slimkit.progress import stdout_console
+
 
 def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}×"
@@ -46,7 +48,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
     for c in doc["candidates"]:
         name = c["name"] + (" (baseline)" if c["name"] == doc["baseline"] else "")
         if c.get("error"):
-            t.add_row(name, c["runtime"], f"[red]failed: {c['error']}[/red]")
+            t.add_row(name, c["runtime"], "[red]failed[/red]")
             continue
         b = c.get("bench") or {}
         r = c.get("ratios") or {}
@@ -62,8 +64,8 @@ def summary_table(doc: dict[str, Any]) -> Table:
 
 
 def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # logs and CI: wide enough that no column is cut
-            console = Console(width=200)
+    console = console or stdout_console()
     console.print(summary_table(doc))
+    for c in doc["candidates"]:
+        if c.get("error"):
+            console.print(f"[red]{c['name']} failed:[/red] {c['error']}", highlight=False)

@@ -7,10 +7,11 @@ packed again on load. The bytes on disk are then the honest size of the quantize
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from slimkit.errors import ModelLoadError
@@ -63,23 +64,28 @@ def load_state(module: nn.Module, path: Path) -> None:
     except Exception as e:
         raise ModelLoadError(f"{path}: cannot read weights ({e})") from e
     qlin = _quantized_linears(module)
-    plain = {k: v for k, v in tensors.items()
-             if not (k.rsplit(".", 1)[0] in qlin and k.rsplit(".", 1)[1] in _QUANT_SUFFIXES)}
-    missing, unexpected = module.load_state_dict(plain, strict=False)
-    missing = [k for k in missing if k.rsplit(".", 2)[0] not in qlin and
-               k.rsplit(".", 1)[0] not in qlin]
+    # Start from the rebuilt module's own state (quantized layers hold opaque packed params
+    # there) and overwrite every plain tensor from the file; then repack the int8 layers.
+    state = module.state_dict()
+    quant_keys = {f"{n}.{s}" for n in qlin for s in _QUANT_SUFFIXES}
+    plain = {k: v for k, v in tensors.items() if k not in quant_keys}
+    unexpected = sorted(set(plain) - set(state))
+    missing = sorted(k for k, v in state.items() if isinstance(v, torch.Tensor)
+                     and k not in plain and k.rsplit(".", 1)[0] not in qlin)
     if missing or unexpected:
         raise ModelLoadError(f"{path}: weights do not fit the rebuilt model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    state.update(plain)
+    module.load_state_dict(state)
     for name, m in qlin.items():
         q = tensors[f"{name}.weight_int8"]
         scale, zp = tensors[f"{name}.weight_scale"], tensors[f"{name}.weight_zero_point"]
         axis = int(tensors[f"{name}.weight_axis"][0])
-        if axis >= 0:
-            w = torch._make_per_channel_quantized_tensor(q, scale, zp, axis)
-        else:
-            w = torch._make_per_tensor_quantized_tensor(q, float(scale[0]), int(zp[0]))
-        m.set_weight_bias(w, tensors.get(f"{name}.bias"))
+        with warnings.catch_warnings():  # torch.ao's quantized tensors warn of deprecation
+            warnings.simplefilter("ignore")
+            if axis >= 0:
+                w = torch._make_per_channel_quantized_tensor(q, scale, zp, axis)
+            else:
+                w = torch._make_per_tensor_quantized_tensor(q, float(scale[0]), int(zp[0]))
+            m.set_weight_bias(w, tensors.get(f"{name}.bias"))
 
-
-__all__ = ["flatten_state", "load_state", "save_file", "save_state"]

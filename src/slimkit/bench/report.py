@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
+
+from slimkit.progress import stdout_console
 
 
 def print_bench(res: dict[str, Any]) -> None:
@@ -22,4 +23,4 @@ def print_bench(res: dict[str, Any]) -> None:
                   f"{ratio.get('latency', float('nan')):.2f}×", f"{lat['p50']:.2f}",
                   f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{r['throughput']:.1f}",
                   f"{r.get('peak_rss_mb', float('nan')):.0f}")
-    Console().print(t)
+    stdout_console().print(t)

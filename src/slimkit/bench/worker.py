@@ -58,7 +58,7 @@ def serve(conn: Connection, artifact: str, runtime: str, threads: int, inputs: s
             if cmd == "stop":
                 break
             pool = singles if cmd == "latency" else batches
-            session.run(pool[cursor % len(pool)])  # untimed: the first call of a new shape pays extra
+            session.run(pool[cursor % len(pool)])  # untimed: a new shape pays extra once
             times = []
             for _ in range(count):
                 feeds = pool[cursor % len(pool)]

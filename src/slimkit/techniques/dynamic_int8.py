@@ -7,6 +7,10 @@ cost sits in Linear / MatMul layers. ONNX goes through onnxruntime's own quantiz
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import Field
@@ -24,20 +28,32 @@ class DynamicInt8(TechniqueConfig):
     )
 
 
+@contextlib.contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 @technique(DynamicInt8, format="onnx")
 def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> Model:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     assert isinstance(model, FileModel)
     out = ctx.workdir / "model.onnx"
-    quantize_dynamic(
-        model.path,
-        out,
-        per_channel=config.per_channel,
-        reduce_range=config.reduce_range,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=config.op_types or ["MatMul", "Gemm", "Attention", "LSTM"],
-    )
+    with quiet_root_logger():  # it advises pre-processing on every call, via the root logger
+        quantize_dynamic(
+            model.path,
+            out,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=config.op_types or ["MatMul", "Gemm", "Attention", "LSTM"],
+        )
     return FileModel("onnx", out, model.inputs, model.tokenizer)
 
 
@@ -52,6 +68,8 @@ def dynamic_int8_torch(model: Model, config: DynamicInt8, ctx: StepContext) -> M
 
     assert isinstance(model, TorchModel)
     qconfig = per_channel_dynamic_qconfig if config.per_channel else default_dynamic_qconfig
-    module = quantize_dynamic(model.module, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch.ao's quantized tensors warn of their deprecation
+        warnings.simplefilter("ignore")
+        module = quantize_dynamic(model.module, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
     return TorchModel(module.eval(), model.inputs, model.tokenizer, ref=model.ref,
                       steps=[*model.steps, config])

