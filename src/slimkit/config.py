@@ -41,6 +41,7 @@ class CandidateConfig(BaseModel):
     runtime: str
     steps: list[Step] = Field(default_factory=list)
     baseline: bool = False
+    compile: bool = Field(False, description="torch runtime only: serve through torch.compile")
 
     @field_validator("runtime")
     @classmethod
@@ -48,6 +49,12 @@ class CandidateConfig(BaseModel):
         if v not in runtime_names():
             raise ValueError(f"unknown runtime {v!r} (known: {', '.join(runtime_names())})")
         return v
+
+    @model_validator(mode="after")
+    def _compile_needs_torch(self) -> CandidateConfig:
+        if self.compile and self.runtime != "torch":
+            raise ValueError("compile: only the torch runtime compiles")
+        return self
 
 
 class EvalConfig(BaseModel):

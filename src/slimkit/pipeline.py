@@ -7,12 +7,13 @@ rerun, a resumed run or another worker skips it; an interrupted step leaves noth
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,18 @@ def model_key(model: Model) -> str:
                         "steps": [s.model_dump() for s in model.steps]})
 
 
+def private_copy(model: Model) -> Model:
+    """A torch model a technique may change in place without touching its input.
+
+    Many torch transforms work in place (`module.to(dtype)`, fusions, pruning); the input of a
+    step is also the input of other candidates and the key of cached work, so it must not move.
+    File models are immutable here: techniques write new files.
+    """
+    if isinstance(model, TorchModel):
+        return replace(model, module=copy.deepcopy(model.module), steps=list(model.steps))
+    return model
+
+
 def _byte_dtype() -> Any:
     import torch
 
@@ -161,7 +174,7 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
         run_step(config.technique, config.model_dump(exclude={"technique"}), fmt,
                  impl.requires_data,
                  lambda d, src=src, impl=impl, config=config: impl.apply(
-                     src, config, StepContext(d, data, threads)))
+                     private_copy(src), config, StepContext(d, data, threads)))
     hop_to(target)
     if not records:  # the unchanged model, kept as an artifact of its own
         key = base_key

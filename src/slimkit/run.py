@@ -42,6 +42,7 @@ from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
 class CandidateResult:
     name: str
     runtime: str
+    compile: bool = False
     built: Built | None = None
     error: str | None = None
     quality: dict[str, float] | None = None
@@ -54,7 +55,7 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     data = load_data(recipe.data, base)
     base_key = model_key(base)
     errors: list[str] = []
-    results = [CandidateResult(c.name, c.runtime) for c in recipe.candidates]
+    results = [CandidateResult(c.name, c.runtime, c.compile) for c in recipe.candidates]
 
     with progress_bar("building", total=len(results)) as advance:
         for cand, res in zip(recipe.candidates, results, strict=True):
@@ -89,6 +90,7 @@ def _evaluate_all(recipe: Recipe, results: list[CandidateResult], data: Dataset,
                 advance(len(data))
                 continue
             key = sha256_json({"model": res.built.key, "runtime": res.runtime, "v": __version__,
+                               "compile": res.compile,
                                "eval": ev.model_dump(), "data": data.fingerprint(),
                                "reference": ref_key})
             cached = cache.root / "metrics" / f"{key}.npz"
@@ -98,7 +100,8 @@ def _evaluate_all(recipe: Recipe, results: list[CandidateResult], data: Dataset,
                         outputs = z["outputs"]
                     advance(len(data), res.name)
                 else:
-                    rt = get_runtime(res.runtime, RuntimeOptions(threads=recipe.benchmark.threads))
+                    rt = get_runtime(res.runtime, RuntimeOptions(
+                        threads=recipe.benchmark.threads, compile=res.compile))
                     session = rt.load(load_artifact(res.built.path))
                     outputs = collect_outputs(session, data, ev.batch_size, ev.output,
                                               lambda n, r=res.name: advance(n, r))
@@ -122,7 +125,7 @@ def _evaluate_all(recipe: Recipe, results: list[CandidateResult], data: Dataset,
 
 
 def _benchmark_all(recipe: Recipe, results: list[CandidateResult], data: Dataset) -> None:
-    targets = [Target(r.name, r.built.path, r.runtime) for r in results
+    targets = [Target(r.name, r.built.path, r.runtime, r.compile) for r in results
                if r.built is not None and r.error is None]
     if not targets:
         return

@@ -46,6 +46,7 @@ class Target:
     name: str
     artifact: Path
     runtime: str
+    compile: bool = False
 
 
 class _Worker:
@@ -55,7 +56,7 @@ class _Worker:
         self.proc = ctx.Process(
             target=serve,
             args=(child, str(target.artifact), target.runtime, opts.threads, str(inputs),
-                  opts.batch_size, opts.warmup),
+                  opts.batch_size, opts.warmup, target.compile),
             daemon=True,
         )
         self.proc.start()

@@ -27,7 +27,7 @@ def _status_mb(field: str) -> float:
 
 
 def serve(conn: Connection, artifact: str, runtime: str, threads: int, inputs: str,
-          batch_size: int, warmup: int) -> None:
+          batch_size: int, warmup: int, compile_: bool = False) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     try:
@@ -38,7 +38,7 @@ def serve(conn: Connection, artifact: str, runtime: str, threads: int, inputs: s
 
         rss_start = _status_mb("VmRSS")
         t0 = time.perf_counter()
-        rt = get_runtime(runtime, RuntimeOptions(threads=threads))
+        rt = get_runtime(runtime, RuntimeOptions(threads=threads, compile=compile_))
         session = rt.load(load_artifact(__import__("pathlib").Path(artifact)))
         load_seconds = time.perf_counter() - t0
         with np.load(inputs, allow_pickle=False) as z:
