@@ -11,7 +11,6 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache() -> Iterator[Path]:
-    yield Path(_SESSION_CACHE)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Put SLIMKIT_CACHE back and remove the session's cache, even after `--collect-only`."""
     if _PREVIOUS_CACHE is None:
         os.environ.pop("SLIMKIT_CACHE", None)
     else:
         os.environ["SLIMKIT_CACHE"] = _PREVIOUS_CACHE
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_cache_dir() -> Path:
+    """The directory SLIMKIT_CACHE points at for this session."""
+    return Path(_SESSION_CACHE)
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
+from slimkit.model import TorchModel, load_model
 from slimkit.pipeline import Cache, build, model_key
 from slimkit.registry import parse_step
-from slimkit.model import TorchModel, load_model
 
 
 def test_steps_leave_the_base_model_untouched(tmp_path: Path):

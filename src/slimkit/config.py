@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import yaml
 from pydantic import (
@@ -98,8 +98,13 @@ class Recipe(BaseModel):
         return Path(self.output or f"runs/{self.name}")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True),
-                              sort_keys=False)
+        raw = self.model_dump(mode="json", exclude_defaults=True)
+        for cand, out in zip(self.candidates, raw["candidates"], strict=True):
+            if cand.steps:  # a step's `technique` tag is its default, and must stay
+                out["steps"] = [{s.technique: s.model_dump(mode="json", exclude={"technique"},
+                                                           exclude_defaults=True)}
+                                for s in cand.steps]
+        return yaml.safe_dump(raw, sort_keys=False)
 
 
 def load_recipe(path: Path | str) -> Recipe:
@@ -126,7 +131,9 @@ def parse_recipe(raw: dict[str, Any], origin: str = "recipe") -> Recipe:
 
 def describe_error(e: ValidationError, raw: Any) -> str:
     """One line for the first error: where, and what is wrong, with a suggestion for typos."""
-    err = e.errors()[0]
+    errors = e.errors()
+    # A misspelled required key shows up twice (unknown + missing); the typo is the news.
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     where = _loc(loc)
     kind = err["type"]
@@ -148,6 +155,17 @@ def _loc(loc: list[Any]) -> str:
     return out
 
 
+def _model_in(ann: Any) -> Any:
+    """The pydantic model inside an annotation such as `list[InputSpec] | None`."""
+    if hasattr(ann, "model_fields"):
+        return ann
+    for arg in get_args(ann):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _suggest(loc: list[Any]) -> str:
     """'did you mean' from the fields of the model that owns the misspelled key."""
     model: Any = Recipe
@@ -157,9 +175,7 @@ def _suggest(loc: list[Any]) -> str:
         field = getattr(model, "model_fields", {}).get(p)
         if field is None:
             return ""
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        model = next((a for a in (ann, *args) if hasattr(a, "model_fields")), None)
+        model = _model_in(field.annotation)
         if model is None:
             return ""
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slimkit.errors import DataError
+from slimkit.errors import DataError, ModelLoadError
 from slimkit.model import InputSpec, Model, import_object
 
 Source = Literal["example", "npz", "images", "text", "factory"]
@@ -101,7 +101,11 @@ def load_data(spec: DataSpec, model: Model) -> Dataset:
         ds = example(spec.name or "").load_data(split=spec.split, max_length=spec.max_length,
                                                 **spec.kwargs)
     elif spec.source == "factory":
-        ds = import_object(spec.factory or "", "data factory")(**spec.kwargs)
+        try:
+            factory = import_object(spec.factory or "", "data factory")
+        except ModelLoadError as e:
+            raise DataError(str(e)) from None
+        ds = factory(**spec.kwargs)
         if not isinstance(ds, Dataset):
             raise DataError(f"{spec.factory}: returned {type(ds).__name__}, not slimkit.Dataset")
     else:

@@ -86,11 +86,12 @@ def model_key(model: Model) -> str:
             files.append(model.path.with_suffix(".bin"))
         return sha256_json({"files": [sha256_path(f) for f in files],
                             "session": model.session_options})
+    from slimkit.torch_state import flatten_state
+
     h = hashlib.sha256()
-    for name, t in sorted(model.module.state_dict().items()):
-        if hasattr(t, "detach"):
-            h.update(name.encode())
-            h.update(t.detach().contiguous().cpu().view(-1).view(dtype=_byte_dtype()).numpy())
+    for name, t in sorted(flatten_state(model.module).items()):
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.contiguous().view(-1).view(dtype=_byte_dtype()).numpy())
     ref = model.ref.model_dump() if model.ref else None
     return sha256_json({"ref": ref, "weights": h.hexdigest(),
                         "steps": [s.model_dump() for s in model.steps]})
@@ -129,7 +130,9 @@ def plan(start: Format, steps: list[TechniqueConfig], target: Format) -> list[Fo
     current = start
     for config in steps:
         ahead = path_between(current, target)
-        supported = [f for f in ahead if f in implementations(config)]
+        impls = implementations(config)
+        supported = [f for f in ahead if f in impls
+                     and (impls[f].targets is None or target in impls[f].targets)]
         if not supported:
             raise TechniqueError(
                 f"{config.technique} cannot run between {current} and {target} (it works on "

@@ -7,6 +7,7 @@ in slimkit names a technique, so adding one touches one new file.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,9 @@ class Implementation:
     apply: Apply
     format: Format
     requires_data: bool
+    # Final formats this implementation makes sense for (None: any). ORT's int8 operators,
+    # say, mean nothing to OpenVINO, which would only unpack them again.
+    targets: frozenset[str] | None = None
     # Rebuild the structure from the record alone (no data), before weights are loaded.
     # None means `apply` itself is deterministic and data-free, so it serves as the rebuild.
     rebuild: Apply | None = None
@@ -59,7 +63,8 @@ _IMPLS: dict[type[TechniqueConfig], dict[str, Implementation]] = {}
 
 
 def technique(config: type[TechniqueConfig], *, format: Format, requires_data: bool = False,
-              rebuild: Apply | None = None) -> Callable[[Apply], Apply]:
+              rebuild: Apply | None = None,
+              targets: set[str] | None = None) -> Callable[[Apply], Apply]:
     """Register `apply` for `config` on models of `format`."""
     tag = config.model_fields["technique"].default
     if not isinstance(tag, str):
@@ -68,7 +73,8 @@ def technique(config: type[TechniqueConfig], *, format: Format, requires_data: b
     _CONFIGS[tag] = config
 
     def deco(fn: Apply) -> Apply:
-        _IMPLS.setdefault(config, {})[format] = Implementation(fn, format, requires_data, rebuild)
+        _IMPLS.setdefault(config, {})[format] = Implementation(
+            fn, format, requires_data, frozenset(targets) if targets else None, rebuild)
         return fn
 
     return deco
@@ -116,6 +122,9 @@ def parse_step(raw: Any) -> TechniqueConfig:
         if len(raw) != 1:
             raise ValueError("a step needs the field 'technique'")
         (tag, opts), = raw.items()
+        if opts is not None and not isinstance(opts, dict):
+            raise ValueError(f"{tag}: options are a mapping such as {{dtype: fp16}}, "
+                             f"not {opts!r}")
         raw = {"technique": tag, **(opts or {})}
     try:
         cls = config_class(str(raw["technique"]))
@@ -126,5 +135,9 @@ def parse_step(raw: Any) -> TechniqueConfig:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(err["loc"][-1]), list(cls.model_fields), n=1)
+            msg = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
+        else:
+            msg = err["msg"]
         raise ValueError(f"{cls.name}.{where}: {msg}") from None

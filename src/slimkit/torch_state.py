@@ -76,7 +76,11 @@ def load_state(module: nn.Module, path: Path) -> None:
         raise ModelLoadError(f"{path}: weights do not fit the rebuilt model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     state.update(plain)
-    module.load_state_dict(state)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelLoadError(f"{path}: weights do not fit the rebuilt model "
+                             f"({str(e).splitlines()[-1].strip()[:300]})") from e
     for name, m in qlin.items():
         q = tensors[f"{name}.weight_int8"]
         scale, zp = tensors[f"{name}.weight_scale"], tensors[f"{name}.weight_zero_point"]

@@ -187,7 +187,9 @@ def measurement_note(results: dict) -> list[str]:
     if bench.get("rounds") is not None:
         sentences.append(
             f"Measurements ran in {bench['rounds']} interleaved rounds (every candidate once "
-            "per round), so slow drift in machine load touches all candidates alike."
+            "per round, each turn in a fresh process that loads, warms up, measures and exits), "
+            "so slow drift in machine load touches all candidates alike and no candidate's "
+            "process shares the machine with another's."
         )
     sentences.append(
         "Throughput × is the median of the per-round ratios of candidate to baseline throughput "

@@ -26,6 +26,8 @@ def cast_torch(model: Model, config: Cast, ctx: StepContext) -> Model:
     from slimkit.techniques.wrappers import CastIO
 
     assert isinstance(model, TorchModel)
+    if any(".quantized" in type(m).__module__ for m in model.module.modules()):
+        raise TechniqueError("cast: the model has quantized layers; cast before quantizing")
     dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float16
     module = CastIO(model.module, dtype)
     return TorchModel(module.eval(), model.inputs, model.tokenizer, ref=model.ref,

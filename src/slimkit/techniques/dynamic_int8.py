@@ -39,7 +39,7 @@ def quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-@technique(DynamicInt8, format="onnx")
+@technique(DynamicInt8, format="onnx", targets={"onnx"})
 def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> Model:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -57,7 +57,7 @@ def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> Mo
     return FileModel("onnx", out, model.inputs, model.tokenizer)
 
 
-@technique(DynamicInt8, format="torch")
+@technique(DynamicInt8, format="torch", targets={"torch"})
 def dynamic_int8_torch(model: Model, config: DynamicInt8, ctx: StepContext) -> Model:
     import torch
     from torch.ao.quantization import (
