@@ -5,7 +5,6 @@ Each function takes a handful of arguments; the rest sit in a keyword-only optio
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +112,6 @@ def benchmark(models: list[str], *, options: BenchmarkOptions | None = None) -> 
     else:
         ds = synthetic(first.inputs, n, opts.dims)
     bench_opts = BenchOptions(**opts.model_dump(include=set(BenchOptions.model_fields)))
-    with tempfile.TemporaryDirectory():
-        results = run_benchmark(targets, ds, bench_opts)
+    results = run_benchmark(targets, ds, bench_opts)
     return {"options": opts.model_dump(), "data": ds.name, "results": results,
             "baseline": targets[0].name}
