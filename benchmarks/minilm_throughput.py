@@ -2,7 +2,7 @@
 
 Builds (or reuses from the cache) the candidates of examples/minilm.yaml, benchmarks them in
 interleaved rounds, each turn in a fresh process, and prints per candidate the median of the
-per-round throughput ratios with their spread, latency, and the share of the cores' nominal
+per-round throughput ratios with their spread, latency, and the share of the cores'
 nominal peak (in the candidate's own arithmetic) that it reaches. The last line is a summary.
 
     .venv/bin/python benchmarks/minilm_throughput.py [--rounds 7] [--batch-size 32]
