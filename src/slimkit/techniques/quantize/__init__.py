@@ -1,0 +1,1 @@
+"""Quantization: primitives, calibration, and PTQ for each runtime."""

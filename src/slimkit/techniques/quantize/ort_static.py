@@ -1,0 +1,146 @@
+"""Static int8 (QDQ) quantization for ONNX Runtime, with slimkit's calibration.
+
+ONNX Runtime's `quantize_static` does the graph work (QDQ insertion, per-channel weights, the
+fusions its CPU kernels want). Its defaults quantize every supported operator, attention-mask
+Adds and Softmax included, which collapses BERT-like encoders (mean cosine about 0.3 on MiniLM).
+slimkit quantizes only the matmul-like operators with constant weights by default, computes
+activation ranges from its own histograms (collected once, shared by every method and by the
+accuracy-aware search), and hands the ranges to ONNX Runtime through its calibration cache.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from slimkit.errors import TechniqueError
+from slimkit.io import atomic_write_json
+from slimkit.model import FileModel, Model
+from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.techniques.dynamic_int8 import quiet_root_logger
+from slimkit.techniques.quantize.budget import Budget, Quality, keep_sensitive_in_float, measure
+from slimkit.techniques.quantize.calibrate import Method, compute_range
+
+REPORT = "quantization.json"
+
+
+class StaticInt8(TechniqueConfig):
+    technique: Literal["static_int8"] = "static_int8"
+    calibration: Method = Field("percentile", description="range method for activations")
+    percentile: float = Field(99.999, gt=50, le=100)
+    per_channel: bool = True
+    activations: Literal["uint8", "int8"] = "uint8"
+    op_types: list[str] | None = Field(
+        default_factory=lambda: ["MatMul", "Gemm", "Conv"],
+        description="operators to quantize; null quantizes all that ONNX Runtime supports")
+    const_weights_only: bool = Field(True, description="skip MatMuls of two activations")
+    exclude: list[str] = Field(default_factory=list, description="node names kept in float")
+    samples: int = Field(128, gt=0, description="calibration examples used")
+    budget: Budget | None = Field(None, description="accuracy-aware: keep layers in float")
+
+
+def quantizable_nodes(path: Path, op_types: list[str] | None, const_only: bool) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(path))
+    init = {i.name for i in model.graph.initializer}
+    consts = init | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    nodes = []
+    for n in model.graph.node:
+        if op_types is not None and n.op_type not in op_types:
+            continue
+        if n.op_type == "MatMul" and const_only and n.input[1] not in consts:
+            continue
+        if n.op_type in ("MatMul", "Gemm", "Conv") or op_types is None:
+            nodes.append(n.name)
+    return nodes
+
+
+@technique(StaticInt8, format="onnx", requires_data=True, targets={"onnx"})
+def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Model:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    from slimkit.techniques.quantize.onnx_stats import collect
+
+    assert isinstance(model, FileModel)
+    if ctx.data is None:
+        raise TechniqueError("static_int8 needs calibration data")
+    calib = ctx.data.head(min(config.samples, len(ctx.data)))
+    op_types = config.op_types or _all_ort_ops()
+    hists = collect(model.path, calib, op_types, threads=ctx.threads)
+    ranges = {n: compute_range(h, config.calibration, percentile=config.percentile)
+              for n, h in hists.items()}
+    cache = ctx.workdir / "calibration_ranges.json"
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
+        n: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+        for n, (lo, hi) in ranges.items()}), cache)
+    nodes = quantizable_nodes(model.path, config.op_types, config.const_weights_only)
+
+    def quantize(out: Path, only: list[str] | None, exclude: list[str]) -> None:
+        with quiet_root_logger():
+            ort_quantize_static(
+                model.path, out, None, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types, per_channel=config.per_channel,
+                activation_type=QuantType.QUInt8 if config.activations == "uint8"
+                else QuantType.QInt8,
+                weight_type=QuantType.QInt8, nodes_to_quantize=only or [],
+                nodes_to_exclude=[*config.exclude, *exclude],
+                calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache,
+                extra_options={"MatMulConstBOnly": config.const_weights_only},
+            )
+
+    out = ctx.workdir / "model.onnx"
+    report: dict[str, object] = {"calibration": config.calibration, "layers_total": len(nodes)}
+    if config.budget is None:
+        quantize(out, None, [])
+        report["kept_float"] = list(config.exclude)
+    else:
+        n_check = min(len(ctx.data), 256)
+        check = ctx.data.slice(0, n_check)
+        labels = None if ctx.data.labels is None else ctx.data.labels[:n_check]
+        reference = _outputs(model.path, check, ctx.threads)
+
+        with tempfile.TemporaryDirectory(prefix="slimkit-aaq-") as tmp:
+            trial = Path(tmp) / "trial.onnx"
+
+            def evaluate(only: list[str] | None, exclude: list[str]) -> Quality:
+                quantize(trial, only, exclude)
+                return measure(_outputs(trial, check, ctx.threads), reference, labels)
+
+            result = keep_sensitive_in_float(nodes, config.budget, evaluate)
+        quantize(out, None, result.kept_float)
+        report.update(kept_float=result.kept_float, budget=config.budget.model_dump(),
+                      cosine=result.quality.cosine, accuracy_drop=result.quality.accuracy_drop,
+                      trials=result.tried, layers=result.layers)
+    atomic_write_json(ctx.workdir / REPORT, report)
+    return FileModel("onnx", out, model.inputs, model.tokenizer)
+
+
+def _all_ort_ops() -> list[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+
+
+def _outputs(path: Path, feeds: dict[str, np.ndarray], threads: int) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    n = len(next(iter(feeds.values())))
+    parts = [sess.run(None, {k: feeds[k][i : i + 32] for k in names})[0] for i in range(0, n, 32)]
+    return np.concatenate(parts)
+
+
+def read_report(artifact: Path) -> dict[str, object] | None:
+    p = artifact / REPORT
+    return json.loads(p.read_text()) if p.is_file() else None
