@@ -73,6 +73,9 @@ class Recipe(BaseModel):
     name: str = Field(min_length=1)
     model: ModelRef
     data: DataSpec
+    calibration: DataSpec | None = Field(
+        None, description="data for steps that calibrate or search; default: the `calibration` "
+                          "split of a bundled example, else none")
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     benchmark: BenchOptions = Field(default_factory=BenchOptions)
     candidates: list[CandidateConfig] = Field(min_length=1)
@@ -92,6 +95,14 @@ class Recipe(BaseModel):
     @property
     def baseline(self) -> CandidateConfig:
         return next((c for c in self.candidates if c.baseline), self.candidates[0])
+
+    @property
+    def calibration_spec(self) -> DataSpec | None:
+        if self.calibration is not None:
+            return self.calibration
+        if self.data.source == "example":
+            return self.data.model_copy(update={"split": "calibration", "limit": None})
+        return None
 
     @property
     def output_dir(self) -> Path:

@@ -18,6 +18,9 @@ from slimkit.model import FileModel, Format, Model, TorchModel
 # The order models move in; a model never moves back.
 FORMAT_PATH: list[Format] = ["torch", "onnx", "openvino"]
 OPSET = 17
+# Part of the export step's cache key: bump it when exported graphs change.
+# 2: Hugging Face attention exported in eager form.
+EXPORT_VERSION = 2
 
 
 def convert(model: Model, target: Format, workdir: Path, example: Dataset | None = None) -> Model:
@@ -47,8 +50,9 @@ def to_onnx(model: TorchModel, path: Path, example: Dataset | None = None) -> Fi
     names = [i.name for i in model.inputs]
     axes = {i.name: {k: d for k, d in enumerate(i.shape) if isinstance(d, str)}
             for i in model.inputs}
+    module = _eager_attention(model.module)
     with torch.inference_mode():
-        out = model.module(*args)
+        out = module(*args)
     n_out = len(out) if isinstance(out, (tuple, list)) else 1
     out_names = ["output"] if n_out == 1 else [f"output_{k}" for k in range(n_out)]
     for o in out_names:
@@ -57,12 +61,34 @@ def to_onnx(model: TorchModel, path: Path, example: Dataset | None = None) -> Fi
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.module, args, str(path), input_names=names,
+            torch.onnx.export(module, args, str(path), input_names=names,
                               output_names=out_names, dynamic_axes=axes, opset_version=OPSET,
                               dynamo=False, do_constant_folding=True)
     except Exception as e:
         raise TechniqueError(f"ONNX export failed: {str(e).splitlines()[0][:300]}") from e
     return FileModel("onnx", path, model.inputs, model.tokenizer)
+
+
+def _eager_attention(module: object) -> object:
+    """A copy whose Hugging Face submodules compute attention explicitly (no SDPA kernel).
+
+    The traced graph is then the textbook MatMul-Softmax-MatMul that ONNX Runtime's transformer
+    fusions recognise and that its kernels run faster (MiniLM, batch 32, sequence 128: 116 vs
+    102 sequences/s on 2 threads, unfused).
+    """
+    import copy
+
+    hf = [m for m in module.modules()  # type: ignore[attr-defined]
+          if hasattr(m, "set_attn_implementation")
+          and getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa"]
+    if not hf:
+        return module
+    module = copy.deepcopy(module)
+    for m in module.modules():  # type: ignore[attr-defined]
+        if hasattr(m, "set_attn_implementation") and \
+                getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa":
+            m.set_attn_implementation("eager")
+    return module
 
 
 def to_openvino(model: FileModel, path: Path) -> FileModel:

@@ -21,7 +21,7 @@ from slimkit import __version__
 from slimkit.artifact import is_artifact, load_artifact, save_artifact
 from slimkit.data import Dataset
 from slimkit.errors import TechniqueError
-from slimkit.export import convert, path_between
+from slimkit.export import EXPORT_VERSION, convert, path_between
 from slimkit.io import atomic_dir, sha256_json, sha256_path
 from slimkit.model import FileModel, Format, Model, TorchModel
 from slimkit.registry import StepContext, TechniqueConfig, implementations
@@ -151,11 +151,12 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
     model, key = base, base_key
 
     def run_step(name: str, options: dict[str, Any], fmt: str, needs_data: bool,
-                 make: Callable[[Path], Model]) -> None:
+                 make: Callable[[Path], Model], version: int = 1) -> None:
         nonlocal model, key
         if on_step:
             on_step(name)
-        new_key = step_key(key, {"step": name, **options}, data if needs_data else None)
+        new_key = step_key(key, {"step": name, "version": version, **options},
+                           data if needs_data else None)
         t0 = time.perf_counter()
         model, cached = cache.produce(new_key, make)
         records.append(StepRecord(name, options, fmt, new_key, time.perf_counter() - t0, cached,
@@ -165,19 +166,21 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
     def hop_to(fmt: Format) -> None:
         for nxt in path_between(model.format, fmt)[1:]:
             src = model
-            run_step(f"export_{nxt}", {}, nxt, False,
+            run_step(f"export_{nxt}", {"exporter": EXPORT_VERSION}, nxt, False,
                      lambda d, src=src, nxt=nxt: convert(src, nxt, d, data))
 
     for config, fmt in zip(steps, plan(base.format, steps, target), strict=True):
         hop_to(fmt)
         impl = implementations(config)[fmt]
-        if impl.requires_data and data is None:
+        needs_data = impl.requires_data or config.needs_data()
+        if needs_data and data is None:
             raise TechniqueError(f"{config.technique} needs calibration data")
         src = model
-        run_step(config.technique, config.model_dump(exclude={"technique"}), fmt,
-                 impl.requires_data,
+        options = config.model_dump(exclude={"technique"})
+        run_step(config.technique, options, fmt, needs_data,
                  lambda d, src=src, impl=impl, config=config: impl.apply(
-                     private_copy(src), config, StepContext(d, data, threads)))
+                     private_copy(src), config, StepContext(d, data, threads)),
+                 type(config).version)
     hop_to(target)
     if not records:  # the unchanged model, kept as an artifact of its own
         key = base_key

@@ -29,6 +29,13 @@ class TechniqueConfig(BaseModel):
 
     technique: str
     name: ClassVar[str] = ""
+    # Part of every cache key: bump it when an implementation starts producing other output.
+    version: ClassVar[int] = 1
+
+    def needs_data(self) -> bool:
+        """Whether this config reads data even where its implementation normally does not
+        (an accuracy budget, say); the pipeline then keys the step by the data too."""
+        return False
 
     def short(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.model_dump(exclude={"technique"}).items())

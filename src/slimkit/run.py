@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import json
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from slimkit import __version__
-from slimkit.artifact import ARTIFACT_JSON, load_artifact
+from slimkit.artifact import load_artifact
 from slimkit.bench import Target, run_benchmark
 from slimkit.config import Recipe
 from slimkit.data import Dataset, load_data
@@ -28,7 +29,6 @@ from slimkit.io import (
     atomic_write_json,
     atomic_write_text,
     copy_tree,
-    dir_size,
     sha256_json,
 )
 from slimkit.machine import describe_machine
@@ -45,6 +45,7 @@ class CandidateResult:
     compile: bool = False
     built: Built | None = None
     error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, float] | None = None
     bench: dict[str, Any] = field(default_factory=dict)
 
@@ -53,6 +54,8 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     cache = Cache(Path(recipe.cache_dir) if recipe.cache_dir else None)
     base = load_model(recipe.model)
     data = load_data(recipe.data, base)
+    calib_spec = recipe.calibration_spec
+    calib = load_data(calib_spec, base) if calib_spec else None
     base_key = model_key(base)
     errors: list[str] = []
     results = [CandidateResult(c.name, c.runtime, c.compile) for c in recipe.candidates]
@@ -61,13 +64,15 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         for cand, res in zip(recipe.candidates, results, strict=True):
             try:
                 res.built = build(base, base_key, list(cand.steps), runtime_format(cand.runtime),
-                                  cache, threads=recipe.benchmark.threads,
+                                  cache, data=calib, threads=recipe.benchmark.threads,
                                   on_step=lambda s, n=cand.name: advance(0, f"{n}: {s}"))
             except SlimkitError as e:
                 res.error = str(e)
             except Exception as e:
                 res.error = f"{type(e).__name__}: {e}"
                 errors.append(f"{cand.name}\n{traceback.format_exc()}")
+            if res.built is not None:
+                res.details = technique_reports(cache, res.built)
             advance(1, cand.name)
 
     _evaluate_all(recipe, results, data, cache, errors)
@@ -141,8 +146,24 @@ def _benchmark_all(recipe: Recipe, results: list[CandidateResult], data: Dataset
                 r.error = f"benchmark: {r.bench.pop('error')}"
 
 
+TECHNIQUE_REPORTS = ("quantization.json", "fusion.json")
+
+
+def technique_reports(cache: Cache, built: Built) -> dict[str, Any]:
+    """Reports that steps left beside their artifacts, by step name."""
+    found = {}
+    for step in built.steps:
+        for name in TECHNIQUE_REPORTS:
+            path = cache.path(step.key) / name
+            if path.is_file():
+                found[step.step] = json.loads(path.read_text())
+    return found
+
+
 def model_bytes(path: Path) -> int:
-    return dir_size(path) - (path / ARTIFACT_JSON).stat().st_size
+    """Bytes a deployment ships: the model files, not the reports kept beside them."""
+    return sum(f.stat().st_size for f in path.iterdir() if (f.is_file() and f.stem == "model")
+               or f.name.startswith("model.onnx"))
 
 
 def _results_doc(recipe: Recipe, results: list[CandidateResult], data: Dataset) -> dict[str, Any]:
@@ -165,6 +186,7 @@ def _results_doc(recipe: Recipe, results: list[CandidateResult], data: Dataset) 
             "bench": {k: v for k, v in r.bench.items() if k != "runtime_info"} or None,
             "ratios": ratios if r.error is None else None,
             "error": r.error,
+            "details": r.details or None,
         })
     return {
         "name": recipe.name, "slimkit_version": __version__,

@@ -50,7 +50,7 @@ def test_entropy_clips_rare_outliers_of_a_gaussian():
 
 
 def test_mse_range_clips_when_it_pays():
-    lo, hi = mse_range(Histogram.of(gaussian_with_outliers(), bins=2048), bits=8)
+    _, hi = mse_range(Histogram.of(gaussian_with_outliers(), bins=2048), bits=8)
     assert hi < 50  # four outliers cost less clipped than the rounding of everything else
     assert hi > 3.0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
+from slimkit.report.details import LAYER_HEADERS, detail_sections
 from slimkit.report.markdown import (
     LEAD,
     LINEAGE_HEADERS,
@@ -156,6 +157,22 @@ def lineage_table(results: dict) -> str:
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
+def details_html(results: dict) -> str:
+    parts = []
+    for sec in detail_sections(results):
+        parts.append(f"<h2>{escape(sec.title)}</h2>")
+        if sec.facts:
+            parts.append("<ul>" + "".join(f"<li>{escape(f)}</li>" for f in sec.facts) + "</ul>")
+        if sec.rows:
+            head = "".join(f"<th>{escape(h)}</th>" for h in LAYER_HEADERS)
+            body = "".join(
+                f'<tr><td class="mono">{escape(a)}</td><td class=num>{escape(b)}</td>'
+                f"<td>{escape(c)}</td></tr>" for a, b, c in sec.rows)
+            parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+                         f"<tbody>{body}</tbody></table></div>")
+    return "\n".join(parts)
+
+
 def render_html(results: dict) -> str:
     """The same facts as the Markdown report, plus the trade-off drawn as a picture."""
     name = str(results.get("name") or "run")
@@ -185,6 +202,7 @@ def render_html(results: dict) -> str:
         charts(results),
         "<h2>How these were measured</h2>",
         f'<p class="note">{escape(" ".join(measurement_note(results)))}</p>',
+        details_html(results),
         "<h2>Lineage</h2>",
         lineage_table(results),
         "<h2>Machine</h2>",

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from slimkit.report.details import LAYER_HEADERS, detail_sections
+
 DASH = "—"
 KNOWN_METRICS: dict[str, list[str]] = {
     "embedding": ["mean_cosine", "min_cosine", "top10_agreement"],
@@ -268,6 +270,10 @@ def render_markdown(results: dict) -> str:
     if metric:
         out += ["", f"Primary quality metric: `{metric}`."]
     out += ["", "## How these were measured", "", " ".join(measurement_note(results))]
+    for sec in detail_sections(results):
+        out += ["", f"## {sec.title}", "", *[f"- {f}" for f in sec.facts]]
+        if sec.rows:
+            out += ["", *md_table(LAYER_HEADERS, sec.rows, [False, True, False])]
     out += ["", "## Lineage", ""]
     lineage_numeric = [h == "Seconds" for h in LINEAGE_HEADERS]
     out += md_table(LINEAGE_HEADERS, lineage_rows(results), lineage_numeric)

@@ -6,9 +6,10 @@ Each module imports its heavy libraries inside the functions, so registering cos
 from slimkit.techniques import cast, dynamic_int8
 from slimkit.techniques.cast import Cast
 from slimkit.techniques.dynamic_int8 import DynamicInt8
+from slimkit.techniques.fuse import FuseTransformer
 from slimkit.techniques.quantize.openvino import NncfInt8, WeightCompress
 from slimkit.techniques.quantize.ort_static import StaticInt8
 from slimkit.techniques.quantize.ort_weight_only import WeightOnlyInt4
 
-__all__ = ["Cast", "DynamicInt8", "NncfInt8", "StaticInt8", "WeightCompress", "WeightOnlyInt4",
-           "cast", "dynamic_int8"]
+__all__ = ["Cast", "DynamicInt8", "FuseTransformer", "NncfInt8", "StaticInt8", "WeightCompress",
+           "WeightOnlyInt4", "cast", "dynamic_int8"]

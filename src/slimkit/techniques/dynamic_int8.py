@@ -11,12 +11,15 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
+from slimkit.errors import TechniqueError
 from slimkit.model import FileModel, Model, TorchModel
 from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.techniques.quantize.budget import Budget
 
 
 class DynamicInt8(TechniqueConfig):
@@ -26,6 +29,12 @@ class DynamicInt8(TechniqueConfig):
     op_types: list[str] | None = Field(
         None, description="ONNX op types to quantize; default MatMul, Gemm, Attention, LSTM"
     )
+    exclude: list[str] = Field(default_factory=list, description="ONNX node names kept float")
+    budget: Budget | None = Field(None, description="accuracy-aware: keep layers in float "
+                                                    "(ONNX Runtime; needs calibration data)")
+
+    def needs_data(self) -> bool:
+        return self.budget is not None
 
 
 @contextlib.contextmanager
@@ -41,19 +50,46 @@ def quiet_root_logger() -> Iterator[None]:
 
 @technique(DynamicInt8, format="onnx", targets={"onnx"})
 def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> Model:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from slimkit.io import atomic_write_json
+    from slimkit.techniques.quantize.onnx_graph import gemm_to_matmul
+    from slimkit.techniques.quantize.ort_budget import quantize_within_budget
+
     assert isinstance(model, FileModel)
+    op_types = config.op_types or ["MatMul", "Gemm", "Attention", "LSTM"]
+    # ORT's dynamic mode turns Gemm into MatMul + Add under new names, so node names given to
+    # it (exclude, the budget search) would miss; rewrite first, then names stay stable.
+    source = ctx.workdir / "source.onnx"
+    onnx.save(gemm_to_matmul(onnx.load(str(model.path))), str(source))
+
+    def quantize(out: Path, only: list[str] | None, exclude: list[str]) -> None:
+        with quiet_root_logger():  # it advises pre-processing on every call, via the root logger
+            quantize_dynamic(
+                source, out, per_channel=config.per_channel,
+                reduce_range=config.reduce_range, weight_type=QuantType.QInt8,
+                op_types_to_quantize=op_types, nodes_to_quantize=only or [],
+                nodes_to_exclude=[*config.exclude, *exclude],
+                # fused contrib operators (Attention, SkipLayerNorm) defeat its type inference
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+
     out = ctx.workdir / "model.onnx"
-    with quiet_root_logger():  # it advises pre-processing on every call, via the root logger
-        quantize_dynamic(
-            model.path,
-            out,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=config.op_types or ["MatMul", "Gemm", "Attention", "LSTM"],
-        )
+    try:
+        if config.budget is None:
+            quantize(out, None, [])
+            return FileModel("onnx", out, model.inputs, model.tokenizer)
+        if ctx.data is None:
+            raise TechniqueError("dynamic_int8 with a budget needs calibration data")
+        proto = onnx.load(str(source), load_external_data=False)
+        nodes = [n.name for n in proto.graph.node if n.op_type in op_types
+                 and n.name not in config.exclude]
+        report = quantize_within_budget(source, out, quantize, nodes, config.budget, ctx.data,
+                                        ctx.threads)
+    finally:
+        source.unlink()
+    atomic_write_json(ctx.workdir / "quantization.json", report)
     return FileModel("onnx", out, model.inputs, model.tokenizer)
 
 
@@ -67,6 +103,8 @@ def dynamic_int8_torch(model: Model, config: DynamicInt8, ctx: StepContext) -> M
     )
 
     assert isinstance(model, TorchModel)
+    if config.budget is not None or config.exclude:
+        raise TechniqueError("dynamic_int8: budget and exclude work on ONNX Runtime only")
     qconfig = per_channel_dynamic_qconfig if config.per_channel else default_dynamic_qconfig
     with warnings.catch_warnings():  # torch.ao's quantized tensors warn of their deprecation
         warnings.simplefilter("ignore")

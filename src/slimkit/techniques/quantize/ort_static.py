@@ -11,7 +11,6 @@ accuracy-aware search), and hands the ranges to ONNX Runtime through its calibra
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -23,8 +22,9 @@ from slimkit.io import atomic_write_json
 from slimkit.model import FileModel, Model
 from slimkit.registry import StepContext, TechniqueConfig, technique
 from slimkit.techniques.dynamic_int8 import quiet_root_logger
-from slimkit.techniques.quantize.budget import Budget, Quality, keep_sensitive_in_float, measure
+from slimkit.techniques.quantize.budget import Budget
 from slimkit.techniques.quantize.calibrate import Method, compute_range
+from slimkit.techniques.quantize.ort_budget import quantize_within_budget
 
 REPORT = "quantization.json"
 
@@ -42,6 +42,9 @@ class StaticInt8(TechniqueConfig):
     exclude: list[str] = Field(default_factory=list, description="node names kept in float")
     samples: int = Field(128, gt=0, description="calibration examples used")
     budget: Budget | None = Field(None, description="accuracy-aware: keep layers in float")
+
+    def needs_data(self) -> bool:
+        return True
 
 
 def quantizable_nodes(path: Path, op_types: list[str] | None, const_only: bool) -> list[str]:
@@ -97,28 +100,13 @@ def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Mode
             )
 
     out = ctx.workdir / "model.onnx"
-    report: dict[str, object] = {"calibration": config.calibration, "layers_total": len(nodes)}
+    report: dict[str, object] = {"calibration": config.calibration, "layers_total": len(nodes),
+                                 "kept_float": list(config.exclude)}
     if config.budget is None:
         quantize(out, None, [])
-        report["kept_float"] = list(config.exclude)
     else:
-        n_check = min(len(ctx.data), 256)
-        check = ctx.data.slice(0, n_check)
-        labels = None if ctx.data.labels is None else ctx.data.labels[:n_check]
-        reference = _outputs(model.path, check, ctx.threads)
-
-        with tempfile.TemporaryDirectory(prefix="slimkit-aaq-") as tmp:
-            trial = Path(tmp) / "trial.onnx"
-
-            def evaluate(only: list[str] | None, exclude: list[str]) -> Quality:
-                quantize(trial, only, exclude)
-                return measure(_outputs(trial, check, ctx.threads), reference, labels)
-
-            result = keep_sensitive_in_float(nodes, config.budget, evaluate)
-        quantize(out, None, result.kept_float)
-        report.update(kept_float=result.kept_float, budget=config.budget.model_dump(),
-                      cosine=result.quality.cosine, accuracy_drop=result.quality.accuracy_drop,
-                      trials=result.tried, layers=result.layers)
+        report.update(quantize_within_budget(model.path, out, quantize, nodes, config.budget,
+                                             ctx.data, ctx.threads))
     atomic_write_json(ctx.workdir / REPORT, report)
     return FileModel("onnx", out, model.inputs, model.tokenizer)
 
@@ -127,18 +115,6 @@ def _all_ort_ops() -> list[str]:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
-
-
-def _outputs(path: Path, feeds: dict[str, np.ndarray], threads: int) -> np.ndarray:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    n = len(next(iter(feeds.values())))
-    parts = [sess.run(None, {k: feeds[k][i : i + 32] for k in names})[0] for i in range(0, n, 32)]
-    return np.concatenate(parts)
 
 
 def read_report(artifact: Path) -> dict[str, object] | None:

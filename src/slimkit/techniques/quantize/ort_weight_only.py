@@ -13,6 +13,7 @@ from pydantic import Field
 from slimkit.model import FileModel, Model
 from slimkit.registry import StepContext, TechniqueConfig, technique
 from slimkit.techniques.dynamic_int8 import quiet_root_logger
+from slimkit.techniques.quantize.onnx_graph import gemm_to_matmul
 
 
 class WeightOnlyInt4(TechniqueConfig):
@@ -29,7 +30,8 @@ def weight_only_int4_onnx(model: Model, config: WeightOnlyInt4, ctx: StepContext
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     assert isinstance(model, FileModel)
-    quant = MatMulNBitsQuantizer(onnx.load(str(model.path)), bits=4, block_size=config.group_size,
+    proto = gemm_to_matmul(onnx.load(str(model.path)))
+    quant = MatMulNBitsQuantizer(proto, bits=4, block_size=config.group_size,
                                  is_symmetric=config.mode == "int4_sym",
                                  accuracy_level=config.accuracy_level or None)
     with quiet_root_logger():
@@ -37,3 +39,4 @@ def weight_only_int4_onnx(model: Model, config: WeightOnlyInt4, ctx: StepContext
     out = ctx.workdir / "model.onnx"
     quant.model.save_model_to_file(str(out), False)
     return FileModel("onnx", out, model.inputs, model.tokenizer)
+
