@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from slimkit.bench.harness import BenchOptions, Target, run_benchmark
 from slimkit.config import Recipe, load_recipe
@@ -115,3 +115,49 @@ def benchmark(models: list[str], *, options: BenchmarkOptions | None = None) -> 
     results = run_benchmark(targets, ds, bench_opts)
     return {"options": opts.model_dump(), "data": ds.name, "results": results,
             "baseline": targets[0].name}
+
+
+DEFAULT_METHOD = {"onnxruntime": "dynamic_int8", "openvino": "nncf_int8", "torch": "dynamic_int8"}
+
+
+class QuantizeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    runtime: str = "onnxruntime"
+    method: str | None = Field(None, description="technique; default by runtime")
+    settings: dict[str, Any] = Field(default_factory=dict, description="the technique's options")
+    min_cosine: float | None = None
+    max_drop: float | None = None
+    task: Task = "generic"
+    calibration: DataSpec | None = None
+    output: str | None = None
+    benchmark: BenchOptions = Field(default_factory=lambda: BenchOptions(rounds=3))
+
+
+def quantize(model: str, data: DataSpec, *, options: QuantizeOptions | None = None
+             ) -> dict[str, Any]:
+    """Quantize `model` for a runtime, within an optional quality budget, and measure it
+    against the same model in float on that runtime: a two-candidate run with a report."""
+    opts = options or QuantizeOptions()
+    method = opts.method or DEFAULT_METHOD.get(opts.runtime, "dynamic_int8")
+    settings = dict(opts.settings)
+    if opts.min_cosine is not None or opts.max_drop is not None:
+        settings["budget"] = {"min_cosine": opts.min_cosine, "max_drop": opts.max_drop}
+    name = Path(model).stem if Path(model).exists() else model.rsplit(":", 1)[-1]
+    raw = {
+        "name": f"{name}-{method}",
+        "model": {"source": model},
+        "data": data.model_dump(),
+        "calibration": opts.calibration.model_dump() if opts.calibration else None,
+        "evaluation": {"task": opts.task},
+        "benchmark": opts.benchmark.model_dump(),
+        "candidates": [
+            {"name": f"{opts.runtime}-float", "runtime": opts.runtime, "baseline": True},
+            {"name": f"{opts.runtime}-{method}", "runtime": opts.runtime,
+             "steps": [{method: settings}]},
+        ],
+        "output": opts.output,
+    }
+    from slimkit.config import parse_recipe
+
+    return run(parse_recipe(raw, "slimkit quantize"))

@@ -98,6 +98,74 @@ def export(model: Annotated[str, typer.Argument(help="model source")],
     print(path)
 
 
+@app.command()
+def quantize(
+    model: Annotated[str, typer.Argument(help="model file, HF dir or package.module:function")],
+    data: Annotated[str, typer.Option(help="evaluation data: an example name (minilm, digits) "
+                                           "or a .npz / image folder / .jsonl / .txt path")],
+    runtime: Annotated[str, typer.Option("--runtime", "-r")] = "onnxruntime",
+    method: Annotated[str | None, typer.Option(help="static_int8, dynamic_int8, nncf_int8, "
+                                                    "weight_only_int4, weight_compress")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="budget: mean output cosine")] = None,
+    max_drop: Annotated[float | None, typer.Option(help="budget: accuracy points")] = None,
+    calibration: Annotated[str | None, typer.Option(help="calibration data, as --data")] = None,
+    task: str = "generic",
+    option: Annotated[list[str] | None, typer.Option("--set", help="technique option KEY=VALUE "
+                                                                    "(YAML value)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    rounds: int = 3,
+) -> None:
+    """Quantize MODEL for a runtime within a budget; report it against the float model."""
+    import yaml
+
+    from slimkit.api import QuantizeOptions
+    from slimkit.api import quantize as api_quantize
+    from slimkit.bench import BenchOptions
+    from slimkit.summary import print_summary
+
+    try:
+        settings = {}
+        for item in option or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SlimkitError(f"--set {item!r}: write KEY=VALUE, e.g. calibration=mse")
+            settings[key] = yaml.safe_load(value)
+        opts = QuantizeOptions(
+            runtime=runtime, method=method, settings=settings, min_cosine=min_cosine,
+            max_drop=max_drop, task=task,  # type: ignore[arg-type]
+            calibration=_data_spec(calibration, calib=True) if calibration else None,
+            output=str(output) if output else None, benchmark=BenchOptions(rounds=rounds))
+        doc = api_quantize(model, _data_spec(data), options=opts)
+    except SlimkitError as e:
+        _fail(e)
+        return
+    except ValueError as e:  # option values that pydantic rejects
+        _fail(SlimkitError(str(e).splitlines()[0]))
+        return
+    print_summary(doc)
+    for c in doc["candidates"]:
+        for step, rep in (c.get("details") or {}).items():
+            kept = rep.get("kept_float")
+            if kept is not None:
+                print(f"{c['name']} {step}: {len(kept)} layer(s) kept in float")
+
+
+def _data_spec(text: str, calib: bool = False) -> object:
+    from slimkit.data import DataSpec
+    from slimkit.examples import EXAMPLES
+
+    if text in EXAMPLES:
+        return DataSpec(source="example", name=text, split="calibration" if calib else "test")
+    path = Path(text)
+    if path.is_dir():
+        return DataSpec(source="images", path=text)
+    if path.suffix == ".npz":
+        return DataSpec(source="npz", path=text)
+    if path.suffix in (".jsonl", ".txt"):
+        return DataSpec(source="text", path=text)
+    raise SlimkitError(f"--data {text!r}: not an example name, .npz, image folder, .jsonl or .txt")
+
+
 @app.command("list")
 def list_() -> None:
     """Known techniques and runtimes."""

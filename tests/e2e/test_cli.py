@@ -95,3 +95,27 @@ def test_bench_a_model_file_alone(tmp_path: Path):
         assert r["ratios"]["throughput"] > 0
         assert r["latency_ms"]["p50"] > 0
     assert "throughput" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quantize_digits_within_an_accuracy_budget(tmp_path: Path):
+    out = tmp_path / "q"
+    proc = slimkit("quantize", "slimkit.examples.digits:load_model", "--data", "digits",
+                   "--runtime", "onnxruntime", "--method", "static_int8", "--max-drop", "0.3",
+                   "--task", "classification", "--set", "calibration=percentile",
+                   "--rounds", "1", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    base, q = doc["candidates"]
+    assert base["name"] == "onnxruntime-float" and q["name"] == "onnxruntime-static_int8"
+    assert q["quality"]["accuracy_delta"] >= -0.3
+    assert q["ratios"]["size"] < 0.3
+    report = q["details"]["static_int8"]
+    assert report["budget"]["max_drop"] == 0.3 and "kept_float" in report
+    assert "kept in float" in (out / "report.md").read_text()
+
+
+def test_quantize_rejects_a_bad_option(tmp_path: Path):
+    proc = slimkit("quantize", "slimkit.examples.digits:load_model", "--data", "digits",
+                   "--method", "static_int8", "--set", "calibraton=mse", cwd=tmp_path)
+    assert_one_line_error(proc, "calibraton", "unknown field")

@@ -21,11 +21,14 @@ from slimkit.model import FileModel, Model
 from slimkit.registry import StepContext, TechniqueConfig, technique
 from slimkit.techniques.quantize.budget import Budget, measure
 
+ATTENTION_OPS = {"Softmax", "ScaledDotProductAttention"}
+
 
 class NncfInt8(TechniqueConfig):
     technique: Literal["nncf_int8"] = "nncf_int8"
+    version = 2  # 2: attention read as ScaledDotProductAttention also selects transformer mode
     transformer: bool | None = Field(None, description="NNCF's transformer mode; None detects "
-                                                       "it from Softmax in the graph")
+                                                       "it from attention in the graph")
     preset: Literal["performance", "mixed"] | None = None
     samples: int = Field(300, gt=0, description="calibration examples")
     fast_bias_correction: bool = True
@@ -66,8 +69,8 @@ def nncf_int8(model: Model, config: NncfInt8, ctx: StepContext) -> Model:
     names = [p.get_any_name() for p in ir.inputs]
     calib = nncf.Dataset(_feeds(ctx, config.samples, names))
     transformer = config.transformer
-    if transformer is None:
-        transformer = any(op.get_type_name() == "Softmax" for op in ir.get_ops())
+    if transformer is None:  # OpenVINO fuses attention on reading, so look for both forms
+        transformer = any(op.get_type_name() in ATTENTION_OPS for op in ir.get_ops())
     kwargs: dict[str, Any] = {"subset_size": config.samples,
                               "fast_bias_correction": config.fast_bias_correction}
     if transformer:
