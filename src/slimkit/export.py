@@ -19,8 +19,8 @@ from slimkit.model import FileModel, Format, Model, TorchModel
 FORMAT_PATH: list[Format] = ["torch", "onnx", "openvino"]
 OPSET = 17
 # Part of the export step's cache key: bump it when exported graphs change.
-# 2: Hugging Face attention exported in eager form.
-EXPORT_VERSION = 2
+# 2: Hugging Face attention exported in eager form. 3, 4: constant QuantizeLinear folded.
+EXPORT_VERSION = 4
 
 
 def convert(model: Model, target: Format, workdir: Path, example: Dataset | None = None) -> Model:
@@ -66,7 +66,19 @@ def to_onnx(model: TorchModel, path: Path, example: Dataset | None = None) -> Fi
                               dynamo=False, do_constant_folding=True)
     except Exception as e:
         raise TechniqueError(f"ONNX export failed: {str(e).splitlines()[0][:300]}") from e
+    _fold_quantized_weights(path)
     return FileModel("onnx", path, model.inputs, model.tokenizer)
+
+
+def _fold_quantized_weights(path: Path) -> None:
+    """Weights that training left as QuantizeLinear(float) are stored as int8 instead."""
+    import onnx
+
+    from slimkit.techniques.quantize.onnx_graph import fold_constant_quantize
+
+    proto = onnx.load(str(path))
+    if fold_constant_quantize(proto):
+        onnx.save(proto, str(path))
 
 
 def _eager_attention(module: object) -> object:

@@ -43,3 +43,46 @@ def gemm_to_matmul(model: Any) -> Any:
     del graph.initializer[:]
     graph.initializer.extend(keep)
     return model
+
+
+def fold_constant_quantize(model: Any) -> int:
+    """Replace QuantizeLinear of constant weights by the int8 initializer it would compute.
+
+    Exported QAT models quantize their float weights at run time (QuantizeLinear on an
+    initializer); ONNX Runtime only recognises DequantizeLinear of an integer initializer as a
+    quantized weight, so without this fold it runs the layers in float and keeps fp32 weights
+    on disk. Returns how many nodes were folded.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:  # in topological order, so Identity chains resolve
+        if node.op_type == "Constant" and node.attribute:
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in consts:
+            consts[node.output[0]] = consts[node.input[0]]
+    keep, folded = [], 0
+    for node in graph.node:
+        ins = list(node.input)
+        if node.op_type != "QuantizeLinear" or len(ins) < 3 or not all(i in consts for i in ins):
+            keep.append(node)
+            continue
+        x, scale, zero = consts[ins[0]], consts[ins[1]], consts[ins[2]]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and scale.size > 1:
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        info = np.iinfo(zero.dtype)
+        q = np.clip(np.round(x / scale) + zero.astype(np.int32), info.min, info.max)
+        graph.initializer.append(numpy_helper.from_array(q.astype(zero.dtype), node.output[0]))
+        folded += 1
+    del graph.node[:]
+    graph.node.extend(keep)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    unused = [i for i in graph.initializer if i.name not in used]
+    for i in unused:
+        graph.initializer.remove(i)
+    return folded
