@@ -7,10 +7,12 @@ from slimkit.techniques import cast, dynamic_int8
 from slimkit.techniques.cast import Cast
 from slimkit.techniques.dynamic_int8 import DynamicInt8
 from slimkit.techniques.fuse import FuseTransformer
+from slimkit.techniques.quantize.mixed import MixedPrecision
 from slimkit.techniques.quantize.openvino import NncfInt8, WeightCompress
 from slimkit.techniques.quantize.ort_static import StaticInt8
 from slimkit.techniques.quantize.ort_weight_only import WeightOnlyInt4
 from slimkit.techniques.quantize.qat import QAT
 
-__all__ = ["QAT", "Cast", "DynamicInt8", "FuseTransformer", "NncfInt8", "StaticInt8",
+__all__ = ["QAT", "Cast", "DynamicInt8", "FuseTransformer", "MixedPrecision", "NncfInt8",
+           "StaticInt8",
            "WeightCompress", "WeightOnlyInt4", "cast", "dynamic_int8"]

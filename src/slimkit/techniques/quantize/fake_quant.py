@@ -99,13 +99,24 @@ class QuantLayer(nn.Module):
 
 
 def wrap_layers(module: nn.Module, weight_bits: int, activation_bits: int | None,
-                learn: bool = True) -> list[QuantLayer]:
-    """Replace every Conv2d and Linear in place; returns the wrappers in module order."""
+                learn: bool = True, bits: dict[str, int] | None = None) -> list[QuantLayer]:
+    """Replace every Conv2d and Linear in place; returns the wrappers in module order.
+
+    `bits` maps layer names (as in `named_modules`) to weight widths; 16 or more leaves the
+    layer in float.
+    """
     wrapped = []
-    for parent in list(module.modules()):
+    for parent_name, parent in list(module.named_modules()):
+        if isinstance(parent, QuantLayer):
+            continue
         for name, child in list(parent.named_children()):
-            if isinstance(child, (nn.Conv2d, nn.Linear)) and not isinstance(parent, QuantLayer):
-                q = QuantLayer(child, weight_bits, activation_bits, learn)
-                setattr(parent, name, q)
-                wrapped.append(q)
+            if not isinstance(child, (nn.Conv2d, nn.Linear)):
+                continue
+            full = f"{parent_name}.{name}" if parent_name else name
+            width = (bits or {}).get(full, weight_bits)
+            if width >= 16:
+                continue
+            q = QuantLayer(child, width, activation_bits, learn)
+            setattr(parent, name, q)
+            wrapped.append(q)
     return wrapped

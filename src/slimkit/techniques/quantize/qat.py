@@ -22,7 +22,7 @@ from slimkit.registry import StepContext, TechniqueConfig, technique
 
 class QAT(TechniqueConfig):
     technique: Literal["qat"] = "qat"
-    version = 2  # 2: layer outputs quantized too
+    version = 3  # 2: layer outputs quantized too; 3: weight scales per layer width
     weight_bits: int = Field(8, ge=2, le=8)
     activation_bits: Literal[8] | None = Field(8, description="None: weight-only")
     epochs: int = Field(3, ge=0)
@@ -37,24 +37,27 @@ class QAT(TechniqueConfig):
         return True
 
 
-def _structure(model: TorchModel, config: QAT) -> tuple[TorchModel, list]:
+def structure(model: TorchModel, config: QAT,
+              bits: dict[str, int] | None = None) -> tuple[TorchModel, list]:
     from slimkit.techniques.quantize.fake_quant import wrap_layers
     from slimkit.techniques.quantize.fold import fold_batchnorms
 
     module = model.module
     fold_batchnorms(module)
-    layers = wrap_layers(module, config.weight_bits, config.activation_bits, config.learn_scales)
+    layers = wrap_layers(module, config.weight_bits, config.activation_bits, config.learn_scales,
+                         bits)
     return TorchModel(module.eval(), model.inputs, model.tokenizer, ref=model.ref,
                       steps=[*model.steps, config]), layers
 
 
 def rebuild_qat(model: Model, config: QAT, ctx: StepContext) -> Model:
     assert isinstance(model, TorchModel)
-    return _structure(model, config)[0]
+    return structure(model, config)[0]
 
 
 @technique(QAT, format="torch", requires_data=True, rebuild=rebuild_qat)
-def qat_torch(model: Model, config: QAT, ctx: StepContext) -> Model:
+def qat_torch(model: Model, config: QAT, ctx: StepContext,
+              bits: dict[str, int] | None = None) -> Model:
     import torch
 
     assert isinstance(model, TorchModel)
@@ -62,7 +65,7 @@ def qat_torch(model: Model, config: QAT, ctx: StepContext) -> Model:
         raise TechniqueError("qat needs training data (the recipe's calibration data)")
     torch.manual_seed(config.seed)
     teacher = copy.deepcopy(model.module).eval()
-    qmodel, layers = _structure(model, config)
+    qmodel, layers = structure(model, config, bits)
     names = [i.name for i in model.inputs]
     _calibrate(qmodel.module, layers, ctx, names, config)
     if config.epochs:
@@ -82,8 +85,8 @@ def _calibrate(module: object, layers: list, ctx: StepContext, names: list[str],
     from slimkit.techniques.quantize.primitives import affine_params, qrange
 
     assert ctx.data is not None
-    _, qmax = qrange(config.weight_bits, True)
     for q in layers:
+        _, qmax = qrange(q.weight_quant.bits, True)  # each layer's own width
         w = q.layer.weight.detach().reshape(q.layer.weight.shape[0], -1)
         amax = w.abs().amax(1).clamp_min(1e-8)
         best, best_err = amax / qmax, None
