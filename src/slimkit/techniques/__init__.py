@@ -12,7 +12,8 @@ from slimkit.techniques.quantize.openvino import NncfInt8, WeightCompress
 from slimkit.techniques.quantize.ort_static import StaticInt8
 from slimkit.techniques.quantize.ort_weight_only import WeightOnlyInt4
 from slimkit.techniques.quantize.qat import QAT
+from slimkit.techniques.quantize.smooth import SmoothQuant
 
 __all__ = ["QAT", "Cast", "DynamicInt8", "FuseTransformer", "MixedPrecision", "NncfInt8",
-           "StaticInt8",
+           "SmoothQuant", "StaticInt8",
            "WeightCompress", "WeightOnlyInt4", "cast", "dynamic_int8"]
