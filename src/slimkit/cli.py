@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from slimkit.data import DataSpec
 from slimkit.errors import SlimkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -150,8 +151,7 @@ def quantize(
                 print(f"{c['name']} {step}: {len(kept)} layer(s) kept in float")
 
 
-def _data_spec(text: str, calib: bool = False) -> object:
-    from slimkit.data import DataSpec
+def _data_spec(text: str, calib: bool = False) -> DataSpec:
     from slimkit.examples import EXAMPLES
 
     if text in EXAMPLES:

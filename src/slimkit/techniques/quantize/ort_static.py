@@ -10,7 +10,6 @@ accuracy-aware search), and hands the ranges to ONNX Runtime through its calibra
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -116,7 +115,3 @@ def _all_ort_ops() -> list[str]:
 
     return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
 
-
-def read_report(artifact: Path) -> dict[str, object] | None:
-    p = artifact / REPORT
-    return json.loads(p.read_text()) if p.is_file() else None
