@@ -133,3 +133,16 @@ def test_int8_is_refused_where_it_would_not_run(tmp_path: Path) -> None:
         with pytest.raises(TechniqueError):
             build(model, model_key(model), [parse_step(step)], runtime, Cache(tmp_path),
                   data=calib())
+
+
+def test_nncf_accuracy_control_meets_its_budget(tmp_path: Path) -> None:
+    model = mlp()
+    x = calib(32, seed=4).inputs["x"]
+    built, out = run(model, [{"nncf_int8": {"samples": 64, "budget": {"min_cosine": 0.999}}}],
+                     "openvino", tmp_path, x)
+    assert cosine_mean(eager(model, x), out) > 0.995
+    import openvino as ov
+
+    ir = ov.Core().read_model(str(built.path / "model.xml"))
+    ops = {op.get_type_name() for op in ir.get_ops()}
+    assert "FakeQuantize" in ops or cosine_mean(eager(model, x), out) > 0.9999

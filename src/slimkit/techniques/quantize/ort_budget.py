@@ -17,23 +17,19 @@ from slimkit.techniques.quantize.budget import Budget, Quality, keep_sensitive_i
 Quantize = Callable[[Path, list[str] | None, list[str]], None]
 
 
-def outputs(path: Path, feeds: dict[str, np.ndarray], threads: int) -> np.ndarray:
-    import onnxruntime as ort
+def outputs(path: Path, data: Dataset, threads: int) -> np.ndarray:
+    from slimkit.evaluate import collect_outputs
+    from slimkit.model import load_onnx
+    from slimkit.runtimes import RuntimeOptions, get_runtime
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    n = len(next(iter(feeds.values())))
-    parts = [sess.run(None, {k: feeds[k][i : i + 32] for k in names})[0] for i in range(0, n, 32)]
-    return np.concatenate(parts)
+    session = get_runtime("onnxruntime", RuntimeOptions(threads=threads)).load(load_onnx(path))
+    return collect_outputs(session, data, 32)
 
 
 def quantize_within_budget(source: Path, out: Path, quantize: Quantize, nodes: list[str],
                            budget: Budget, data: Dataset, threads: int) -> dict[str, Any]:
-    n = min(len(data), 256)
-    check = data.slice(0, n)
-    labels = None if data.labels is None else data.labels[:n]
+    check = data.head(min(len(data), 256))
+    n, labels = len(check), check.labels
     reference = outputs(source, check, threads)
     with tempfile.TemporaryDirectory(prefix="slimkit-aaq-") as tmp:
         trial = Path(tmp) / "trial.onnx"
