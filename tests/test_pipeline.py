@@ -90,8 +90,9 @@ def test_build_lineage_and_rebuild_is_cached(tmp_path: Path) -> None:
     assert is_artifact(first.path)
     assert isinstance(first.model, FileModel) and first.model.format == "onnx"
     lineage = first.lineage()
-    assert lineage[1]["options"] == {"per_channel": True, "reduce_range": False, "op_types": None,
-                                     "exclude": [], "budget": None}
+    assert lineage[1]["options"] == {}  # all defaults; the key still covers every option
+    changed = build(base, key, [DynamicInt8(per_channel=False)], "onnx", Cache(tmp_path / "b"))
+    assert changed.lineage()[1]["options"] == {"per_channel": False}
 
     again = build(mlp(), model_key(mlp()), steps, "onnx", Cache(tmp_path))
     assert all(s.cached for s in again.steps)

@@ -34,7 +34,7 @@ def default_cache_dir() -> Path:
 @dataclass
 class StepRecord:
     step: str
-    options: dict[str, Any]
+    options: dict[str, Any]  # the options set away from their defaults (the key has them all)
     format: str
     key: str
     seconds: float
@@ -151,7 +151,8 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
     model, key = base, base_key
 
     def run_step(name: str, options: dict[str, Any], fmt: str, needs_data: bool,
-                 make: Callable[[Path], Model], version: int = 1) -> None:
+                 make: Callable[[Path], Model], version: int = 1,
+                 shown: dict[str, Any] | None = None) -> None:
         nonlocal model, key
         if on_step:
             on_step(name)
@@ -159,7 +160,8 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
                            data if needs_data else None)
         t0 = time.perf_counter()
         model, cached = cache.produce(new_key, make)
-        records.append(StepRecord(name, options, fmt, new_key, time.perf_counter() - t0, cached,
+        records.append(StepRecord(name, shown or {}, fmt, new_key, time.perf_counter() - t0,
+                                  cached,
                                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
         key = new_key
 
@@ -180,7 +182,8 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
         run_step(config.technique, options, fmt, needs_data,
                  lambda d, src=src, impl=impl, config=config: impl.apply(
                      private_copy(src), config, StepContext(d, data, threads)),
-                 type(config).version)
+                 type(config).version,
+                 config.shown_options())
     hop_to(target)
     if not records:  # the unchanged model, kept as an artifact of its own
         key = base_key

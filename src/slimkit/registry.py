@@ -31,6 +31,15 @@ class TechniqueConfig(BaseModel):
     name: ClassVar[str] = ""
     # Part of every cache key: bump it when an implementation starts producing other output.
     version: ClassVar[int] = 1
+    # Options that reports always show, defaults or not (what kind of cast, how many bits).
+    always_shown: ClassVar[tuple[str, ...]] = ()
+
+    def shown_options(self) -> dict[str, Any]:
+        """The options a reader needs: those set away from their defaults, plus the defining
+        ones; the cache key still covers every option."""
+        shown = self.model_dump(mode="json", exclude={"technique"}, exclude_defaults=True)
+        full = self.model_dump(mode="json")
+        return {**{k: full[k] for k in self.always_shown}, **shown}
 
     def needs_data(self) -> bool:
         """Whether this config reads data even where its implementation normally does not

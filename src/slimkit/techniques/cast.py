@@ -16,6 +16,7 @@ from slimkit.registry import StepContext, TechniqueConfig, technique
 
 class Cast(TechniqueConfig):
     technique: Literal["cast"] = "cast"
+    always_shown = ("dtype",)
     dtype: Literal["fp16", "bf16"] = "bf16"
 
 

@@ -22,6 +22,7 @@ from slimkit.registry import StepContext, TechniqueConfig, technique
 
 class MixedPrecision(TechniqueConfig):
     technique: Literal["mixed_precision"] = "mixed_precision"
+    always_shown = ("size_budget",)
     size_budget: float = Field(0.2, gt=0, le=1, description="weight bytes / fp32 weight bytes")
     bits: list[int] = Field(default_factory=lambda: [4, 8, 16], description="widths to choose")
     activation_bits: Literal[8] | None = 8

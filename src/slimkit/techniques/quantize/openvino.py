@@ -38,6 +38,7 @@ class NncfInt8(TechniqueConfig):
 
 class WeightCompress(TechniqueConfig):
     technique: Literal["weight_compress"] = "weight_compress"
+    always_shown = ("mode",)
     mode: Literal["int8_sym", "int8_asym", "int4_sym", "int4_asym", "nf4"] = "int4_sym"
     group_size: int | None = Field(128, description="int4/nf4 group size; None per channel")
     ratio: float = Field(1.0, gt=0, le=1, description="share of layers in 4 bit, rest int8")

@@ -30,6 +30,7 @@ REPORT = "quantization.json"
 
 class StaticInt8(TechniqueConfig):
     technique: Literal["static_int8"] = "static_int8"
+    always_shown = ("calibration",)
     calibration: Method = Field("percentile", description="range method for activations")
     percentile: float = Field(99.999, gt=50, le=100)
     per_channel: bool = True

@@ -18,6 +18,7 @@ from slimkit.techniques.quantize.onnx_graph import gemm_to_matmul
 
 class WeightOnlyInt4(TechniqueConfig):
     technique: Literal["weight_only_int4"] = "weight_only_int4"
+    always_shown = ("mode", "group_size")
     mode: Literal["int4_sym", "int4_asym"] = "int4_sym"
     group_size: int = Field(32, ge=16, description="a power of two, 16 or more")
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(

@@ -23,6 +23,7 @@ from slimkit.registry import StepContext, TechniqueConfig, technique
 class QAT(TechniqueConfig):
     technique: Literal["qat"] = "qat"
     version = 3  # 2: layer outputs quantized too; 3: weight scales per layer width
+    always_shown = ("weight_bits", "epochs")
     weight_bits: int = Field(8, ge=2, le=8)
     activation_bits: Literal[8] | None = Field(8, description="None: weight-only")
     epochs: int = Field(3, ge=0)
