@@ -24,14 +24,12 @@ from slimkit.runtimes.base import runtime_for_format
 
 
 def _model(model: Model | ModelRef | str) -> Model:
-    return load_model(model) if isinstance(model, (ModelRef, str)) else model
-
-
-def _source(model: str) -> Model:
+    """A loaded model from a source, a ModelRef, or a slimkit artifact directory."""
     from slimkit.artifact import is_artifact, load_artifact
 
-    p = Path(model)
-    return load_artifact(p) if p.is_dir() and is_artifact(p) else load_model(model)
+    if isinstance(model, str) and Path(model).is_dir() and is_artifact(Path(model)):
+        return load_artifact(Path(model))
+    return load_model(model) if isinstance(model, (ModelRef, str)) else model
 
 
 def run(recipe: Recipe | str | Path) -> dict[str, Any]:
@@ -65,7 +63,7 @@ def export(model: Model | ModelRef | str, to: Format | str, output: Path,
     """Export to `onnx` or `openvino`; returns the artifact directory."""
     if to not in ("onnx", "openvino"):
         raise ConfigError(f"--to {to!r}: choose onnx or openvino")
-    m = _source(model) if isinstance(model, str) else _model(model)
+    m = _model(model)
     built = build(m, model_key(m), [], to, Cache(cache_dir))  # type: ignore[arg-type]
     copy_tree(built.path, Path(output))
     return Path(output)
@@ -99,7 +97,7 @@ def benchmark(models: list[str], *, options: BenchmarkOptions | None = None) -> 
     targets: list[Target] = []
     first: Model | None = None
     for src in models:
-        m = _source(src)
+        m = _model(src)
         first = first or m
         for rt in opts.runtimes or [runtime_for_format(m.format)]:
             built = build(m, model_key(m), [], runtime_format(rt), cache)

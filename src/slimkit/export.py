@@ -90,15 +90,15 @@ def _eager_attention(module: object) -> object:
     """
     import copy
 
-    hf = [m for m in module.modules()  # type: ignore[attr-defined]
-          if hasattr(m, "set_attn_implementation")
-          and getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa"]
-    if not hf:
+    def uses_sdpa(m: object) -> bool:
+        return hasattr(m, "set_attn_implementation") and \
+            getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa"
+
+    if not any(uses_sdpa(m) for m in module.modules()):  # type: ignore[attr-defined]
         return module
     module = copy.deepcopy(module)
     for m in module.modules():  # type: ignore[attr-defined]
-        if hasattr(m, "set_attn_implementation") and \
-                getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa":
+        if uses_sdpa(m):
             m.set_attn_implementation("eager")
     return module
 

@@ -86,12 +86,14 @@ def model_key(model: Model) -> str:
             files.append(model.path.with_suffix(".bin"))
         return sha256_json({"files": [sha256_path(f) for f in files],
                             "session": model.session_options})
+    import torch
+
     from slimkit.torch_state import flatten_state
 
     h = hashlib.sha256()
     for name, t in sorted(flatten_state(model.module).items()):
         h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.contiguous().view(-1).view(dtype=_byte_dtype()).numpy())
+        h.update(t.contiguous().view(-1).view(dtype=torch.uint8).numpy())
     ref = model.ref.model_dump() if model.ref else None
     return sha256_json({"ref": ref, "weights": h.hexdigest(),
                         "steps": [s.model_dump() for s in model.steps]})
@@ -107,12 +109,6 @@ def private_copy(model: Model) -> Model:
     if isinstance(model, TorchModel):
         return replace(model, module=copy.deepcopy(model.module), steps=list(model.steps))
     return model
-
-
-def _byte_dtype() -> Any:
-    import torch
-
-    return torch.uint8
 
 
 def step_key(in_key: str, step: dict[str, Any], data: Dataset | None) -> str:

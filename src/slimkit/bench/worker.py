@@ -10,6 +10,7 @@ import os
 import time
 import traceback
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 
@@ -39,7 +40,7 @@ def serve(conn: Connection, artifact: str, runtime: str, threads: int, inputs: s
         rss_start = _status_mb("VmRSS")
         t0 = time.perf_counter()
         rt = get_runtime(runtime, RuntimeOptions(threads=threads, compile=compile_))
-        session = rt.load(load_artifact(__import__("pathlib").Path(artifact)))
+        session = rt.load(load_artifact(Path(artifact)))
         load_seconds = time.perf_counter() - t0
         with np.load(inputs, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
