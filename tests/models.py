@@ -129,3 +129,26 @@ def sqnr(reference: np.ndarray, approx: np.ndarray) -> float:
     ref = reference.astype(np.float64)
     noise = float(((ref - approx.astype(np.float64)) ** 2).sum())
     return float("inf") if noise == 0 else float(10 * np.log10((ref**2).sum() / noise))
+
+
+def tiny_bert(layers: int = 2, heads: int = 4, hidden: int = 32, ffn: int = 64,
+              seed: int = 0) -> TorchModel:
+    """A randomly initialised BERT encoder behind slimkit's mean-pooling embedder."""
+    import transformers
+
+    from slimkit.hf import TEXT_INPUTS, MeanPoolEmbedder
+
+    _seeded(seed)
+    config = transformers.BertConfig(vocab_size=120, hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=heads, intermediate_size=ffn,
+                                     max_position_embeddings=64)
+    return TorchModel(MeanPoolEmbedder(transformers.BertModel(config)).eval(), list(TEXT_INPUTS))
+
+
+def token_data(n: int = 24, seq: int = 16, vocab: int = 120, seed: int = 0) -> Dataset:
+    """Random token ids with padded tails of random length, as a tokenizer would give."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab, (n, seq))
+    lengths = rng.integers(4, seq + 1, n)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    return Dataset({"input_ids": ids * mask, "attention_mask": mask}, None, "tokens")

@@ -1,0 +1,1 @@
+"""Structured pruning: parts of a network removed, leaving a smaller dense model."""
