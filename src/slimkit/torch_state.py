@@ -16,6 +16,7 @@ from torch import nn
 
 from slimkit.errors import ModelLoadError
 from slimkit.io import atomic_write_bytes
+from slimkit.sparse_state import decode, encode
 
 _QUANT_SUFFIXES = ("weight_int8", "weight_scale", "weight_zero_point", "weight_axis", "bias")
 
@@ -55,7 +56,7 @@ def flatten_state(module: nn.Module) -> dict[str, torch.Tensor]:
 def save_state(module: nn.Module, path: Path) -> None:
     from safetensors.torch import save
 
-    atomic_write_bytes(path, save(flatten_state(module)))
+    atomic_write_bytes(path, save(encode(flatten_state(module))))
 
 
 def load_state(module: nn.Module, path: Path) -> None:
@@ -63,6 +64,7 @@ def load_state(module: nn.Module, path: Path) -> None:
         tensors = load_file(str(path))
     except Exception as e:
         raise ModelLoadError(f"{path}: cannot read weights ({e})") from e
+    tensors = decode(tensors)  # mostly-zero weights are stored as values and a bitmask
     qlin = _quantized_linears(module)
     # Start from the rebuilt module's own state (quantized layers hold opaque packed params
     # there) and overwrite every plain tensor from the file; then repack the int8 layers.

@@ -1,0 +1,161 @@
+"""Masks that stay put while a pruned network fine-tunes, and how fast they grow.
+
+Pruning a trained network all at once costs accuracy that fine-tuning has to win back; raising
+the sparsity gradually while training (Zhu & Gupta, 2017) lets the remaining weights take over
+as their neighbours go. Both unstructured and N:M pruning share the pieces here: which layers
+are candidates, holding pruned weights at zero through optimizer steps, the loss to fine-tune
+on, and the per-layer table written beside the artifact.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from slimkit.errors import TechniqueError
+from slimkit.registry import StepContext, TechniqueConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from slimkit.model import TorchModel
+    from slimkit.train.loop import FitResult
+
+DENSE_RUNTIME_NOTE = (
+    "ONNX Runtime and OpenVINO run these weights with dense CPU kernels, so the zeros still "
+    "cost their multiply-adds: pruning here shrinks the model on disk (slimkit stores mostly "
+    "zero weights as their non-zero values and a bitmask) but gives no speed-up.")
+
+
+class PruneTraining(TechniqueConfig):
+    """Options shared by the pruning techniques: which layers, and the fine-tuning."""
+
+    exclude: list[str] | None = Field(
+        None, description="fnmatch globs of layers left dense; None: the first and the last "
+                          "Conv/Linear layer (input stem and output head)")
+    epochs: int = Field(0, ge=0, description="fine-tuning epochs; 0: one-shot pruning")
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(64, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    max_minutes: float | None = Field(None, gt=0, description="fine-tuning time budget")
+
+    def needs_data(self) -> bool:
+        return self.epochs > 0
+
+
+def polynomial_sparsity(step: int, total: int, initial: float, final: float) -> float:
+    """Zhu & Gupta's cubic ramp: s_t = s_f + (s_i - s_f)(1 - t/T)^3, held at s_f after T."""
+    if total <= 0:
+        return final
+    t = min(max(step, 0), total)
+    return final + (initial - final) * (1.0 - t / total) ** 3
+
+
+def candidate_layers(module: nn.Module, kinds: tuple[type, ...],
+                     exclude: list[str] | None) -> dict[str, nn.Module]:
+    """Layers of the given types, in registration order, without the excluded ones."""
+    found = {n: m for n, m in module.named_modules() if isinstance(m, kinds)}
+    if exclude is None:
+        names = list(found)
+        skip = {names[0], names[-1]} if len(names) > 1 else set()
+    else:
+        skip = {n for n in found if any(fnmatch.fnmatchcase(n, g) for g in exclude)}
+    return {n: m for n, m in found.items() if n not in skip}
+
+
+def prunable_kinds(conv: bool = True) -> tuple[type, ...]:
+    from torch import nn
+
+    return (nn.Linear, nn.modules.conv._ConvNd) if conv else (nn.Linear,)
+
+
+def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, mask in masks.items():
+            # masked_fill writes +0.0 where a product would leave -0.0 for negative weights
+            layers[name].weight.masked_fill_(~mask.to(layers[name].weight.device), 0.0)
+
+
+def training_loss(model: TorchModel, config: PruneTraining,
+                  ctx: StepContext) -> Callable[..., torch.Tensor] | None:
+    """Cross entropy on the labels when there are labels, else the distance to the outputs of
+    the network as it is now (call this before pruning: the frozen copy is the teacher).
+    None when there is no fine-tuning."""
+    import torch
+    from torch.nn import functional as F
+
+    if config.epochs == 0:
+        return None
+    data = ctx.data
+    if data is None:
+        raise TechniqueError(f"{config.technique}: fine-tuning (epochs > 0) needs training data")
+
+    if data.labels is not None:
+        def supervised(module: nn.Module, inputs: dict[str, torch.Tensor],
+                       labels: torch.Tensor | None) -> torch.Tensor:
+            assert labels is not None
+            return F.cross_entropy(module(**inputs), labels)
+
+        return supervised
+    teacher = copy.deepcopy(model.module).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def distilled(module: nn.Module, inputs: dict[str, torch.Tensor],
+                  labels: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(**inputs)
+        return F.mse_loss(module(**inputs), target)
+
+    return distilled
+
+
+def fine_tune(module: nn.Module, loss: Callable[..., torch.Tensor] | None,
+              config: PruneTraining, ctx: StepContext,
+              after_step: Callable[[int, int], None], title: str) -> FitResult | None:
+    """Train `module` in place through the shared loop; `after_step` keeps the masks."""
+    if loss is None or ctx.data is None:
+        return None
+    from slimkit.train.loop import TrainSettings, fit
+
+    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                             weight_decay=config.weight_decay, seed=config.seed,
+                             max_minutes=config.max_minutes)
+    return fit(module, loss, ctx.data, settings, after_step=after_step, title=title)
+
+
+def layer_table(layers: dict[str, nn.Module], pruned: set[str]) -> list[dict[str, Any]]:
+    """One row per candidate or excluded layer: its weight count and the share that is zero."""
+    rows = []
+    for name, m in layers.items():
+        w = m.weight.detach()
+        rows.append({"layer": name, "params": int(w.numel()),
+                     "sparsity": round(float((w == 0).sum()) / max(w.numel(), 1), 6),
+                     "pruned": name in pruned})
+    return rows
+
+
+def overall(rows: list[dict[str, Any]], only_pruned: bool) -> float:
+    chosen = [r for r in rows if r["pruned"] or not only_pruned]
+    params = sum(r["params"] for r in chosen)
+    zeros = sum(r["params"] * r["sparsity"] for r in chosen)
+    return round(zeros / params, 6) if params else 0.0
+
+
+def history(result: FitResult | None) -> dict[str, Any]:
+    if result is None:
+        return {"fine_tuning": None}
+    return {"fine_tuning": {"steps": result.steps, "epochs": result.epochs,
+                            "stopped_early": result.stopped_early,
+                            "history": result.history}}
+
+
+ScheduleKind = Literal["constant", "polynomial"]
