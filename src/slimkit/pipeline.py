@@ -11,6 +11,7 @@ import copy
 import hashlib
 import os
 import resource
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -147,7 +148,7 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
     model, key = base, base_key
 
     def run_step(name: str, options: dict[str, Any], fmt: str, needs_data: bool,
-                 make: Callable[[Path], Model], version: int = 1,
+                 make: Callable[[Path, Path], Model], version: int = 1,
                  shown: dict[str, Any] | None = None) -> None:
         nonlocal model, key
         if on_step:
@@ -155,7 +156,9 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
         new_key = step_key(key, {"step": name, "version": version, **options},
                            data if needs_data else None)
         t0 = time.perf_counter()
-        model, cached = cache.produce(new_key, make)
+        checkpoints = cache.root / "checkpoints" / new_key
+        model, cached = cache.produce(new_key, lambda d: make(d, checkpoints))
+        shutil.rmtree(checkpoints, ignore_errors=True)
         records.append(StepRecord(name, shown or {}, fmt, new_key, time.perf_counter() - t0,
                                   cached,
                                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
@@ -165,7 +168,7 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
         for nxt in path_between(model.format, fmt)[1:]:
             src = model
             run_step(f"export_{nxt}", {"exporter": EXPORT_VERSION}, nxt, False,
-                     lambda d, src=src, nxt=nxt: convert(src, nxt, d, data))
+                     lambda d, _ckpt, src=src, nxt=nxt: convert(src, nxt, d, data))
 
     for config, fmt in zip(steps, plan(base.format, steps, target), strict=True):
         hop_to(fmt)
@@ -176,8 +179,8 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
         src = model
         options = config.model_dump(exclude={"technique"})
         run_step(config.technique, options, fmt, needs_data,
-                 lambda d, src=src, impl=impl, config=config: impl.apply(
-                     private_copy(src), config, StepContext(d, data, threads)),
+                 lambda d, ckpt, src=src, impl=impl, config=config: impl.apply(
+                     private_copy(src), config, StepContext(d, data, threads, ckpt)),
                  type(config).version,
                  config.shown_options())
     hop_to(target)

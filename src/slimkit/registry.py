@@ -56,6 +56,8 @@ class StepContext:
     workdir: Path
     data: Dataset | None = None
     threads: int = 2
+    # Where a training step keeps its checkpoints, so an interrupted build resumes the step.
+    checkpoints: Path | None = None
 
 
 Apply = Callable[[Model, Any, StepContext], Model]
