@@ -5,6 +5,7 @@ Each module imports its heavy libraries inside the functions, so registering cos
 
 from slimkit.techniques import cast, dynamic_int8
 from slimkit.techniques.cast import Cast
+from slimkit.techniques.distill import Distill  # noqa: F401  (registers it)
 from slimkit.techniques.dynamic_int8 import DynamicInt8
 from slimkit.techniques.fuse import FuseTransformer
 from slimkit.techniques.prune import magnitude, semi  # noqa: F401  (registers them)

@@ -1,0 +1,274 @@
+"""Knowledge distillation: fine-tune a compressed model to behave like the model it came from.
+
+Pruning and low-bit quantization remove capacity; training the smaller model on the original's
+outputs (and optionally its intermediate features) recovers much of what was lost, and needs no
+labels, so the recipe's own calibration data is enough. Distillation changes weights only, so
+a saved result rebuilds from the steps before it and then loads its weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from slimkit.errors import TechniqueError
+from slimkit.io import atomic_write_json
+from slimkit.model import Model, TorchModel, load_model
+from slimkit.registry import StepContext, TechniqueConfig, technique
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from slimkit.data import Dataset
+
+LossKind = Literal["auto", "response", "embedding", "mse", "relational", "feature"]
+REPORT = "distill.json"
+
+
+class Distill(TechniqueConfig):
+    technique: Literal["distill"] = "distill"
+    always_shown = ("loss", "epochs")
+    teacher: str = Field("source", description="'source': the unmodified source model; or a "
+                                               "model reference (path or package.module:fn)")
+    loss: LossKind = Field("auto", description="auto: response (mixed with labels) for logits "
+                                               "with labels, else embedding (1 - cosine)")
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1, description="teacher's share in response; 1: teacher "
+                                                      "only (always so without labels)")
+    features: list[tuple[str, str]] = Field(
+        default_factory=list, description="[student module, teacher module] pairs to match")
+    feature_loss: Literal["mse", "attention"] = Field(
+        "mse", description="mse through a learned adapter, or attention transfer (conv maps)")
+    feature_weight: float = Field(1.0, ge=0)
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(64, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_minutes: float | None = Field(None, gt=0)
+    patience: int | None = Field(None, gt=0, description="stop after this many epochs without "
+                                                         "better agreement with the teacher")
+    seed: int = 0
+    device: str = "cpu"
+
+    def needs_data(self) -> bool:
+        return True
+
+    @model_validator(mode="after")
+    def _features_for_feature_loss(self) -> Distill:
+        if self.loss == "feature" and not self.features:
+            raise ValueError("loss 'feature' needs features: [[student_module, teacher_module]]")
+        return self
+
+
+def _rebuild(model: Model, config: Distill, ctx: StepContext) -> Model:
+    assert isinstance(model, TorchModel)
+    return replace(model, steps=[*model.steps, config])
+
+
+@technique(Distill, format="torch", requires_data=True, rebuild=_rebuild)
+def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
+    import torch
+
+    from slimkit.data import Dataset
+    from slimkit.train import TrainSettings, fit
+
+    assert isinstance(model, TorchModel)
+    if ctx.data is None:
+        raise TechniqueError("distill needs training data (the recipe's calibration data)")
+    teacher = _teacher(model, config)
+    names = [i.name for i in model.inputs]
+    data = Dataset({n: ctx.data.inputs[n] for n in names}, ctx.data.labels, ctx.data.name)
+    student = model.module
+    teacher.module.to(config.device).eval().requires_grad_(False)
+    probe = {n: torch.from_numpy(v[: config.batch_size]).to(config.device)
+             for n, v in data.inputs.items()}
+    with torch.no_grad():
+        out = first_tensor(teacher.module(**probe))
+    kind = resolve_loss(config, out, data)
+    taps = _Taps(student, teacher.module, config.features)
+    adapters = taps.adapters(probe, config) if config.features else None
+    main = _main_loss(kind, config)
+
+    def loss_fn(net: nn.Module, x: dict[str, torch.Tensor],
+                y: torch.Tensor | None) -> torch.Tensor:
+        s = first_tensor(net(**x))
+        with torch.no_grad():
+            t = first_tensor(teacher.module(**x))
+        total = main(s, t, y) if main is not None else s.new_zeros(())
+        if adapters is not None:
+            total = total + config.feature_weight * taps.loss(adapters, config.feature_loss)
+        return total
+
+    view = data.head(min(len(data), 512))
+    agreement = _Agreement(teacher.module, view, kind == "response", config.device)
+    before = agreement(student.to(config.device).eval())
+    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                             weight_decay=config.weight_decay, seed=config.seed,
+                             patience=config.patience, precision=config.precision,
+                             max_minutes=config.max_minutes, checkpoint_dir=ctx.checkpoints,
+                             device=config.device)
+    result = fit(student, loss_fn, data, settings,
+                 extra_params=adapters.parameters() if adapters is not None else (),
+                 evaluate=agreement, title="distillation")
+    taps.remove()
+    after = agreement(student)
+    student.cpu()
+    atomic_write_json(ctx.workdir / REPORT, {
+        "teacher": config.teacher, "loss": kind, "features": [list(f) for f in config.features],
+        "agreement": {"measure": agreement.measure, "examples": len(view),
+                      "before": before, "after": after},
+        "steps": result.steps, "epochs": result.epochs, "stopped_early": result.stopped_early,
+        "out_of_time": result.out_of_time, "history": result.history,
+    })
+    return TorchModel(student.eval(), model.inputs, model.tokenizer, ref=model.ref,
+                      steps=[*model.steps, config.model_copy(update={"loss": kind})])
+
+
+def _teacher(model: TorchModel, config: Distill) -> TorchModel:
+    if config.teacher == "source":
+        if model.ref is None:
+            raise TechniqueError("distill: teacher 'source' needs a model loaded from a "
+                                 "reference; name the teacher instead")
+        teacher = load_model(model.ref)
+    else:
+        teacher = load_model(config.teacher)
+    if not isinstance(teacher, TorchModel):
+        raise TechniqueError(f"distill: the teacher {config.teacher!r} is not a torch model")
+    missing = {i.name for i in model.inputs} - {i.name for i in teacher.inputs}
+    if missing:
+        raise TechniqueError(f"distill: the teacher takes no input(s) {', '.join(sorted(missing))}")
+    return teacher
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """A model's main output: itself, the first of a tuple, or the first tensor of a mapping."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    values = out.values() if isinstance(out, dict) else out
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v
+    raise TechniqueError(f"distill: cannot find a tensor in the output ({type(out).__name__})")
+
+
+def resolve_loss(config: Distill, teacher_out: torch.Tensor, data: Dataset) -> str:
+    """What 'auto' means for this model and data; an explicit choice is checked, not changed."""
+    import numpy as np
+
+    labels = data.labels
+    logits = (teacher_out.ndim == 2 and teacher_out.shape[1] > 1
+              and teacher_out.is_floating_point())
+    if config.loss == "auto":
+        fits = (labels is not None and np.issubdtype(np.asarray(labels).dtype, np.integer)
+                and int(np.min(labels)) >= 0 and int(np.max(labels)) < teacher_out.shape[-1])
+        return "response" if logits and fits else "embedding"
+    if config.loss == "response" and not logits:
+        raise TechniqueError(f"distill: loss 'response' needs logits [batch, classes]; the "
+                             f"teacher returns {list(teacher_out.shape)}")
+    return config.loss
+
+
+def _main_loss(kind: str, config: Distill) -> Any:
+    from slimkit.train import losses
+
+    if kind == "response":
+        return lambda s, t, y: losses.response_loss(s, t, y, config.temperature, config.alpha)
+    table = {"embedding": losses.cosine_loss, "mse": losses.embedding_mse,
+             "relational": losses.relational_loss}
+    fn = table.get(kind)
+    return None if fn is None else (lambda s, t, _y: fn(s, t))
+
+
+class _Taps:
+    """Forward hooks that keep the outputs of the named student and teacher modules."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module,
+                 pairs: list[tuple[str, str]]) -> None:
+        self.pairs, self.student, self.teacher = pairs, student, teacher
+        self.seen: dict[tuple[str, str], Any] = {}
+        self.hooks = []
+        for side, module, names in (("s", student, [p[0] for p in pairs]),
+                                    ("t", teacher, [p[1] for p in pairs])):
+            found = dict(module.named_modules())
+            for name in names:
+                if name not in found:
+                    close = [n for n in found if n and name.split(".")[-1] in n][:3]
+                    raise TechniqueError(f"distill: no module {name!r} in the "
+                                         f"{'student' if side == 's' else 'teacher'}"
+                                         + (f" (like: {', '.join(close)})" if close else ""))
+                self.hooks.append(found[name].register_forward_hook(
+                    lambda _m, _a, out, key=(side, name): self.seen.__setitem__(key, out)))
+
+    def adapters(self, probe: dict[str, torch.Tensor], config: Distill) -> nn.ModuleList:
+        """One adapter per pair, sized by a probe batch; seeded, so a resumed run makes the
+        same ones before the checkpoint overwrites them."""
+        import torch
+
+        from slimkit.train.losses import FeatureAdapter
+
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(config.seed)
+            self.student(**probe)  # the hooks keep both sides' features, sized
+            self.teacher(**probe)
+            made = []
+            for s_name, t_name in self.pairs:
+                s, t = self.pair(s_name, t_name)
+                if config.feature_loss == "attention" and (s.ndim != 4 or t.ndim != 4):
+                    raise TechniqueError(f"distill: attention transfer needs [batch, channels, "
+                                         f"h, w] maps; {s_name} gives {list(s.shape)}")
+                made.append(FeatureAdapter(s.shape, t.shape).to(s.device))
+        return torch.nn.ModuleList(made)
+
+    def pair(self, s_name: str, t_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return first_tensor(self.seen[("s", s_name)]), first_tensor(self.seen[("t", t_name)])
+
+    def loss(self, adapters: nn.ModuleList, kind: str) -> torch.Tensor:
+        from slimkit.train.losses import attention_loss, feature_loss
+
+        total = []
+        for (s_name, t_name), adapter in zip(self.pairs, adapters, strict=True):
+            s, t = self.pair(s_name, t_name)
+            t = t.detach()
+            total.append(attention_loss(s, t) if kind == "attention"
+                         else feature_loss(adapter, s, t))  # type: ignore[arg-type]
+        return sum(total[1:], total[0])
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+class _Agreement:
+    """How closely the student follows the teacher on a fixed slice: top-1 agreement for
+    classifiers, mean cosine for anything else. Higher is better (early stopping's metric)."""
+
+    def __init__(self, teacher: nn.Module, view: Dataset, classes: bool, device: str) -> None:
+        import torch
+
+        self.view, self.device = view, device
+        self.measure = "top1" if classes else "cosine"
+        with torch.no_grad():
+            self.target = torch.cat([first_tensor(teacher(**self._tensors(b))).float()
+                                     for b in view.batches(64)])
+
+    def _tensors(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        import torch
+
+        return {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+
+    def __call__(self, module: nn.Module) -> float:
+        import torch
+        from torch.nn import functional as F
+
+        with torch.no_grad():
+            out = torch.cat([first_tensor(module(**self._tensors(b))).float()
+                             for b in self.view.batches(64)])
+        if self.measure == "top1":
+            return float((out.argmax(1) == self.target.argmax(1)).float().mean())
+        return float(F.cosine_similarity(out.flatten(1), self.target.flatten(1)).mean())
