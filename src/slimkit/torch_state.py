@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from slimkit import subclass_state
 from slimkit.errors import ModelLoadError
 from slimkit.io import atomic_write_bytes
 from slimkit.sparse_state import decode, encode
@@ -33,6 +34,9 @@ def flatten_state(module: nn.Module) -> dict[str, torch.Tensor]:
     for key, value in module.state_dict().items():
         owner = key.rsplit(".", 2)[0] if "_packed_params" in key else key.rsplit(".", 1)[0]
         if owner in qlin or not isinstance(value, torch.Tensor):
+            continue
+        if subclass_state.is_subclass(value):  # torchao's quantized weights
+            tensors.update(subclass_state.flatten(key, value))
             continue
         tensors[key] = value
     for name, m in qlin.items():
@@ -69,6 +73,13 @@ def load_state(module: nn.Module, path: Path) -> None:
     # Start from the rebuilt module's own state (quantized layers hold opaque packed params
     # there) and overwrite every plain tensor from the file; then repack the int8 layers.
     state = module.state_dict()
+    wrapped = {k: state.pop(k) for k in list(state) if subclass_state.is_subclass(state[k])}
+    try:
+        used = subclass_state.restore(wrapped, tensors)
+    except KeyError as e:
+        raise ModelLoadError(f"{path}: weights do not fit the rebuilt model "
+                             f"(missing {e.args[0]})") from e
+    tensors = {k: v for k, v in tensors.items() if k not in used}
     quant_keys = {f"{n}.{s}" for n in qlin for s in _QUANT_SUFFIXES}
     plain = {k: v for k, v in tensors.items() if k not in quant_keys}
     unexpected = sorted(set(plain) - set(state))
@@ -79,7 +90,7 @@ def load_state(module: nn.Module, path: Path) -> None:
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     state.update(plain)
     try:
-        module.load_state_dict(state)
+        module.load_state_dict(state, strict=not wrapped)
     except RuntimeError as e:
         raise ModelLoadError(f"{path}: weights do not fit the rebuilt model "
                              f"({str(e).splitlines()[-1].strip()[:300]})") from e
