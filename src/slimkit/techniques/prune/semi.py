@@ -121,6 +121,7 @@ def _check_cuda() -> None:
 
 def _accelerate(module: nn.Module, layers: dict[str, nn.Module]) -> list[str]:
     from torch import nn
+    from torch.sparse import to_sparse_semi_structured
 
     _check_cuda()
     named = dict(module.named_modules())
@@ -128,8 +129,15 @@ def _accelerate(module: nn.Module, layers: dict[str, nn.Module]) -> list[str]:
     for name, layer in layers.items():
         if not isinstance(layer, nn.Linear):
             continue
+        fast = SemiSparseLinear.wrap(layer)
+        try:  # pack now, so that a shape the kernels refuse is reported here, not at serving
+            fast.packed = to_sparse_semi_structured(fast.weight.detach())
+        except (RuntimeError, ValueError) as e:
+            raise TechniqueError(f"prune_semi_structured: {name} {tuple(layer.weight.shape)} "
+                                 f"cannot use 2:4 sparse kernels ({str(e).splitlines()[0]})"
+                                 ) from e
         parent, _, attr = name.rpartition(".")
-        setattr(named[parent] if parent else module, attr, SemiSparseLinear.wrap(layer))
+        setattr(named[parent] if parent else module, attr, fast)
         done.append(name)
     return done
 
