@@ -130,3 +130,18 @@ def test_config_round_trips_through_yaml_with_its_record() -> None:
     config = PruneTransformer(flops_ratio=0.7, heads=[1, 2], ffn=[32, 64], sequence_length=128)
     text = yaml.safe_dump(config.model_dump(mode="json"))
     assert parse_step(yaml.safe_load(text)) == config
+
+
+def test_reconstruction_brings_the_output_closer_to_the_unpruned_one(tmp_path: Path) -> None:
+    batch = token_data(16, seed=11).inputs
+    expected = run(bert(), batch)
+
+    def error(reconstruct: bool) -> float:
+        config = PruneTransformer(importance="magnitude", heads=[2, 2], ffn=[24, 24],
+                                  ffn_multiple=8, reconstruct=reconstruct)
+        pruned = prune_transformer_torch(bert(), config,
+                                         StepContext(tmp_path, data=token_data(64)))
+        assert isinstance(pruned, TorchModel)
+        return float(((run(pruned, batch) - expected) ** 2).sum())
+
+    assert error(True) < 0.7 * error(False)

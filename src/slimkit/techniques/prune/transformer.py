@@ -35,13 +35,15 @@ class PruneTransformer(TechniqueConfig):
     samples: int = Field(256, gt=0, description="texts used to score importance")
     projections: int = Field(4, gt=0, description="random projections of the embedding per "
                                                   "batch when there are no labels")
+    reconstruct: bool = Field(False, description="refit each layer's output projections by "
+                                                 "least squares on the data after pruning")
     heads: list[int] | None = Field(None, description="kept heads per layer (recorded)")
     ffn: list[int] | None = Field(None, description="kept FFN width per layer (recorded)")
 
     always_shown = ("flops_ratio",)
 
     def needs_data(self) -> bool:
-        return self.importance == "taylor"
+        return self.importance == "taylor" or self.reconstruct
 
 
 def _result(model: TorchModel, config: PruneTransformer) -> TorchModel:
@@ -78,6 +80,7 @@ def _sequence_length(model: TorchModel, config: PruneTransformer, ctx: StepConte
 @technique(PruneTransformer, format="torch", requires_data=True, rebuild=_rebuild)
 def prune_transformer_torch(model: Model, config: PruneTransformer, ctx: StepContext) -> Model:
     from slimkit.techniques.prune import transformer_allocate as alloc
+    from slimkit.techniques.prune import transformer_reconstruct as rec
     from slimkit.techniques.prune.transformer_importance import magnitude_scores, taylor_scores
     from slimkit.techniques.prune.transformer_surgery import (
         encoder_flops,
@@ -90,15 +93,20 @@ def prune_transformer_torch(model: Model, config: PruneTransformer, ctx: StepCon
     assert isinstance(model, TorchModel)
     layers = encoder_layers(model.module)
     seq = _sequence_length(model, config, ctx)
+    names = [i.name for i in model.inputs]
+    if config.needs_data() and (ctx.data is None or len(ctx.data) == 0):
+        raise TechniqueError("prune_transformer: taylor importance and reconstruct need data "
+                             "(or use importance: magnitude)")
+    data = None if ctx.data is None else ctx.data.head(min(config.samples, len(ctx.data)))
     if config.importance == "magnitude":
         scores = magnitude_scores(layers)
     else:
-        if ctx.data is None or len(ctx.data) == 0:
-            raise TechniqueError("prune_transformer: taylor importance needs data "
-                                 "(or use importance: magnitude)")
-        data = ctx.data.head(min(config.samples, len(ctx.data)))
-        scores = taylor_scores(model.module, layers, [i.name for i in model.inputs], data,
-                               projections=config.projections)
+        assert data is not None
+        scores = taylor_scores(model.module, layers, names, data, projections=config.projections)
+    grams = None
+    if config.reconstruct:
+        assert data is not None
+        grams = rec.gram_matrices(model.module, layers, names, data)
     if config.heads is not None and config.ffn is not None:
         plan = alloc.allocate_counts(scores, config.heads, config.ffn)
     elif config.allocation == "uniform":
@@ -113,7 +121,12 @@ def prune_transformer_torch(model: Model, config: PruneTransformer, ctx: StepCon
     for i, (la, kh, kn) in enumerate(zip(layers, plan.heads, plan.neurons, strict=True)):
         row = {"layer": i, "heads_before": la.heads, "ffn_before": la.ffn,
                "flops_before": 2 * layer_macs(la.heads, la.ffn, la.hidden, la.head_size, seq)}
+        old_attn, old_ffn = rec.clone_weights(la.attn_out), rec.clone_weights(la.ffn_out)
         new = shrink(la, parents, kh, kn)
+        if grams is not None and len(kh) < row["heads_before"]:
+            rec.refit(new.attn_out, *old_attn, grams[i][0], rec.head_columns(kh, la.head_size))
+        if grams is not None and len(kn) < row["ffn_before"]:
+            rec.refit(new.ffn_out, *old_ffn, grams[i][1], kn)
         rows.append({**row, "heads_after": new.heads, "ffn_after": new.ffn,
                      "flops_after": 2 * layer_macs(new.heads, new.ffn, new.hidden,
                                                    new.head_size, seq),
