@@ -49,6 +49,8 @@ def test_global_scope_zeroes_exactly_the_smallest_share_across_layers(tmp_path: 
     after = weights(prune(tiny_mlp(), tmp_path, sparsity=0.7, exclude=[]))
     total = sum(w.numel() for w in before.values())
     assert sum(zeros(w) for w in after.values()) == round(0.7 * total)
+    report = json.loads((tmp_path / "pruning.json").read_text())
+    assert report["sparsity"] == round(round(0.7 * total) / total, 6)
     pruned = torch.cat([before[n][after[n] == 0].abs() for n in LAYERS])
     kept = torch.cat([before[n][after[n] != 0].abs() for n in LAYERS])
     assert pruned.max() <= kept.min()

@@ -133,20 +133,20 @@ def fine_tune(module: nn.Module, loss: Callable[..., torch.Tensor] | None,
 
 
 def layer_table(layers: dict[str, nn.Module], pruned: set[str]) -> list[dict[str, Any]]:
-    """One row per candidate or excluded layer: its weight count and the share that is zero."""
+    """One row per candidate or excluded layer: its weights, how many and which share are zero."""
     rows = []
     for name, m in layers.items():
         w = m.weight.detach()
-        rows.append({"layer": name, "params": int(w.numel()),
-                     "sparsity": round(float((w == 0).sum()) / max(w.numel(), 1), 6),
-                     "pruned": name in pruned})
+        zeros = int((w == 0).sum())
+        rows.append({"layer": name, "params": int(w.numel()), "zeros": zeros,
+                     "sparsity": round(zeros / max(w.numel(), 1), 6), "pruned": name in pruned})
     return rows
 
 
 def overall(rows: list[dict[str, Any]], only_pruned: bool) -> float:
     chosen = [r for r in rows if r["pruned"] or not only_pruned]
     params = sum(r["params"] for r in chosen)
-    zeros = sum(r["params"] * r["sparsity"] for r in chosen)
+    zeros = sum(r["zeros"] for r in chosen)
     return round(zeros / params, 6) if params else 0.0
 
 
