@@ -20,7 +20,11 @@ from slimkit.model import TorchModel, load_model
 from slimkit.pipeline import Cache, build, model_key
 from slimkit.registry import StepContext, parse_step
 from slimkit.sparse_state import decode, encode
-from slimkit.techniques.prune.magnitude import PruneMagnitude, prune_magnitude_torch
+from slimkit.techniques.prune.magnitude import (
+    PruneMagnitude,
+    prune_magnitude_torch,
+    ramp_target,
+)
 from slimkit.techniques.prune.schedule import polynomial_sparsity
 from slimkit.torch_state import load_state, save_state
 from tests.models import eager, mlp_data, tiny_cnn, tiny_mlp
@@ -108,6 +112,17 @@ def test_polynomial_schedule_follows_the_cubic_ramp() -> None:
     assert polynomial_sparsity(3 * steps, steps, s_i, s_f) == pytest.approx(s_f)
     ramp = [polynomial_sparsity(t, steps, s_i, s_f) for t in range(steps + 1)]
     assert all(a <= b for a, b in itertools.pairwise(ramp))
+
+
+def test_masks_move_every_update_every_steps_and_reach_the_target_at_the_ramp_end() -> None:
+    config = PruneMagnitude(sparsity=0.8, schedule="polynomial", initial_sparsity=0.2,
+                            update_every=5, ramp=0.5, epochs=1)
+    total = 40
+    targets = {t: ramp_target(config, t, total) for t in range(1, total + 1)}
+    assert [t for t, s in targets.items() if s is not None] == list(range(5, total + 1, 5))
+    assert targets[10] == pytest.approx(polynomial_sparsity(10, 20, 0.2, 0.8))
+    assert targets[20] == targets[40] == pytest.approx(0.8)
+    assert ramp_target(PruneMagnitude(sparsity=0.8, epochs=1), 5, total) is None
 
 
 def test_zeros_stay_zero_while_fine_tuning(tmp_path: Path) -> None:

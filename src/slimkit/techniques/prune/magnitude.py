@@ -106,6 +106,17 @@ def threshold_masks(layers: dict[str, nn.Module], threshold: float) -> dict[str,
     return {n: m.weight.detach().abs() >= threshold for n, m in layers.items()}
 
 
+def ramp_target(config: PruneMagnitude, step: int, total: int) -> float | None:
+    """The sparsity the masks move to after optimizer step `step` of `total`; None where they
+    stay as they are (constant schedule, or between updates)."""
+    if config.schedule != "polynomial" or config.sparsity is None:
+        return None
+    if step % config.update_every and step != total:
+        return None
+    ramp = max(1, round(config.ramp * total))
+    return polynomial_sparsity(step, ramp, config.initial_sparsity, config.sparsity)
+
+
 def _rebuild(model: Model, config: PruneMagnitude, ctx: StepContext) -> Model:
     """Shapes do not change; the saved weights carry the zeros."""
     assert isinstance(model, TorchModel)
@@ -135,10 +146,9 @@ def prune_magnitude_torch(model: Model, config: PruneMagnitude, ctx: StepContext
 
     def after_step(step: int, total: int) -> None:
         nonlocal masks
-        if config.schedule == "polynomial" and (step % config.update_every == 0
-                                                or step == total):
-            ramp = max(1, round(config.ramp * total))
-            masks = masks_at(polynomial_sparsity(step, ramp, config.initial_sparsity, final))
+        target = ramp_target(config, step, total)
+        if target is not None:
+            masks = masks_at(target)
         apply_masks(layers, masks)
 
     result = fine_tune(model.module, loss, config, ctx, after_step, "pruning fine-tuning")
