@@ -136,18 +136,25 @@ def test_zeros_stay_zero_while_fine_tuning(tmp_path: Path) -> None:
     assert report["fine_tuning"]["epochs"] == 2
 
 
-def test_polynomial_fine_tuning_without_labels_ends_at_the_target(tmp_path: Path) -> None:
-    data = Dataset({"x": mlp_data(192).inputs["x"]}, None, "unlabelled")  # distils
-    after = weights(prune(tiny_mlp(), tmp_path, data, sparsity=0.8, schedule="polynomial",
+@pytest.mark.parametrize("loss", ["auto", "distill"])
+def test_polynomial_fine_tuning_by_distillation_ends_at_the_target(tmp_path: Path,
+                                                                   loss: str) -> None:
+    x = mlp_data(192).inputs["x"]
+    data = Dataset({"x": x}, None if loss == "auto" else mlp_data(192).labels, "distil")
+    after = weights(prune(tiny_mlp(), tmp_path, data, loss=loss, sparsity=0.8,
+                          schedule="polynomial",
                           initial_sparsity=0.2, update_every=2, epochs=2, batch_size=32,
                           lr=1e-3, exclude=[]))
     total = sum(w.numel() for w in after.values())
     assert sum(zeros(w) for w in after.values()) == round(0.8 * total)
 
 
-def test_fine_tuning_without_data_is_refused(tmp_path: Path) -> None:
+def test_fine_tuning_without_data_or_labels_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TechniqueError, match="needs training data"):
         prune(tiny_mlp(), tmp_path, sparsity=0.5, epochs=1)
+    unlabelled = Dataset({"x": mlp_data(8).inputs["x"]}, None, "unlabelled")
+    with pytest.raises(TechniqueError, match="unlabelled has none"):
+        prune(tiny_mlp(), tmp_path, unlabelled, sparsity=0.5, epochs=1, loss="labels")
 
 
 def test_options_are_checked_and_round_trip_through_yaml() -> None:

@@ -39,6 +39,9 @@ class PruneTraining(TechniqueConfig):
         None, description="fnmatch globs of layers left dense; None: the first and the last "
                           "Conv/Linear layer (input stem and output head)")
     epochs: int = Field(0, ge=0, description="fine-tuning epochs; 0: one-shot pruning")
+    loss: Literal["auto", "labels", "distill"] = Field(
+        "auto", description="labels: cross entropy; distill: distance to the unpruned model's "
+                            "outputs; auto: labels when the data has them")
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -97,8 +100,9 @@ def training_loss(model: TorchModel, config: PruneTraining,
     data = ctx.data
     if data is None:
         raise TechniqueError(f"{config.technique}: fine-tuning (epochs > 0) needs training data")
-
-    if data.labels is not None:
+    if config.loss == "labels" and data.labels is None:
+        raise TechniqueError(f"{config.technique}: loss is 'labels' but {data.name} has none")
+    if data.labels is not None and config.loss != "distill":
         def supervised(module: nn.Module, inputs: dict[str, torch.Tensor],
                        labels: torch.Tensor | None) -> torch.Tensor:
             assert labels is not None
