@@ -145,3 +145,25 @@ def test_reconstruction_brings_the_output_closer_to_the_unpruned_one(tmp_path: P
         return float(((run(pruned, batch) - expected) ** 2).sum())
 
     assert error(True) < 0.7 * error(False)
+
+
+def test_a_classifier_is_pruned_by_its_label_loss(tmp_path: Path) -> None:
+    import transformers
+
+    from slimkit.hf import TEXT_INPUTS, LogitsOnly
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, num_labels=3)
+    module = LogitsOnly(transformers.BertForSequenceClassification(config)).eval()
+    model = TorchModel(module, list(TEXT_INPUTS))
+    data = token_data(32)
+    data.labels = np.random.default_rng(0).integers(0, 3, len(data))
+    layers = encoder_layers(module)
+    scores = taylor_scores(module, layers, ["input_ids", "attention_mask"], data)
+    assert all((s > 0).all() for s in scores.heads)
+    pruned = prune_transformer_torch(model, PruneTransformer(flops_ratio=0.5, ffn_multiple=8),
+                                     StepContext(tmp_path, data=data))
+    assert isinstance(pruned, TorchModel)
+    assert sum(pruned.steps[-1].heads) < 8
+    assert run(pruned, token_data(4, seed=2).inputs).shape == (4, 3)

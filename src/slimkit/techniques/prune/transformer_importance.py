@@ -47,7 +47,7 @@ def magnitude_scores(layers: list[EncoderLayer]) -> Scores:
     return Scores(heads, neurons, comparable=False)
 
 
-def _trimmed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def trimmed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop the padding columns that no sequence of the batch uses."""
     mask = batch.get("attention_mask")
     if mask is None or mask.ndim != 2:
@@ -57,10 +57,10 @@ def _trimmed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             for k, v in batch.items()}
 
 
-def _batches(data: Dataset, names: list[str], size: int) -> Iterator[
+def token_batches(data: Dataset, names: list[str], size: int) -> Iterator[
         tuple[list[torch.Tensor], torch.Tensor | None]]:
     for start in range(0, len(data), size):
-        batch = _trimmed(data.slice(start, start + size))
+        batch = trimmed(data.slice(start, start + size))
         labels = None if data.labels is None else torch.as_tensor(
             data.labels[start:start + size]).long()
         yield [torch.from_numpy(np.ascontiguousarray(batch[n])) for n in names], labels
@@ -97,7 +97,7 @@ def taylor_scores(module: nn.Module, layers: list[EncoderLayer], names: list[str
         p.requires_grad_(False)
     module.eval()
     try:
-        for inputs, labels in _batches(data, names, batch_size):
+        for inputs, labels in token_batches(data, names, batch_size):
             n = len(inputs[0])
             gates[:] = [(torch.ones(n, la.heads, requires_grad=True),
                          torch.ones(n, la.ffn, requires_grad=True)) for la in layers]

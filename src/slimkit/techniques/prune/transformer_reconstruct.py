@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from slimkit.data import Dataset
-from slimkit.techniques.prune.transformer_importance import _batches
+from slimkit.techniques.prune.transformer_importance import token_batches
 from slimkit.techniques.prune.transformer_surgery import EncoderLayer
 
 
@@ -41,7 +41,7 @@ def gram_matrices(module: nn.Module, layers: list[EncoderLayer], names: list[str
         la.ffn_out.register_forward_pre_hook(collect(i, 1)))]  # type: ignore[arg-type]
     try:
         with torch.no_grad():
-            for inputs, _ in _batches(data, names, batch_size):
+            for inputs, _ in token_batches(data, names, batch_size):
                 keep[:] = []
                 if "attention_mask" in names:
                     keep.append(inputs[names.index("attention_mask")].reshape(-1) > 0)
