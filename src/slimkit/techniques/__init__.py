@@ -8,6 +8,7 @@ from slimkit.techniques.cast import Cast
 from slimkit.techniques.distill import Distill  # noqa: F401  (registers it)
 from slimkit.techniques.dynamic_int8 import DynamicInt8
 from slimkit.techniques.fuse import FuseTransformer
+from slimkit.techniques.prune import channels as prune_channels  # noqa: F401
 from slimkit.techniques.prune import magnitude, semi  # noqa: F401  (registers them)
 from slimkit.techniques.prune import transformer as prune_transformer  # noqa: F401
 from slimkit.techniques.quantize.mixed import MixedPrecision
