@@ -146,7 +146,8 @@ def _benchmark_all(recipe: Recipe, results: list[CandidateResult], data: Dataset
                 r.error = f"benchmark: {r.bench.pop('error')}"
 
 
-TECHNIQUE_REPORTS = ("quantization.json", "fusion.json", "smoothing.json", "distill.json")
+TECHNIQUE_REPORTS = ("quantization.json", "fusion.json", "smoothing.json", "distill.json",
+                     "pruning.json")
 
 
 def technique_reports(cache: Cache, built: Built) -> dict[str, Any]:
