@@ -3,8 +3,10 @@
 Peer rows are made by calling each quantizer with its defaults, as a user following its
 documentation would: ONNX Runtime `quantize_dynamic` and `quantize_static` (calibrated on the
 same paragraphs), and NNCF `quantize` with `model_type=TRANSFORMER`. slimkit's rows come from
-examples/minilm-quantize.yaml. Every row is evaluated on the same test paragraphs against torch
-fp32 and benchmarked in the same interleaved run. The last line is a summary.
+examples/minilm-quantize.yaml. "× own fp32" compares a row with the float model on its own
+runtime: ONNX Runtime, OpenVINO, or compiled torch for torchao's rows. Every row is evaluated
+on the same test paragraphs against torch fp32 and benchmarked in the same interleaved run.
+The last line is a summary.
 
     .venv/bin/python benchmarks/minilm_quantization.py [--rounds 5]
 """
@@ -84,7 +86,7 @@ def main() -> None:
     targets: list[Target] = []
     for c in recipe.candidates:
         built = build(base, key, list(c.steps), runtime_format(c.runtime), cache, data=calib)
-        targets.append(Target(c.name, built.path, c.runtime))
+        targets.append(Target(c.name, built.path, c.runtime, c.compile))
     by_name = {t.name: t for t in targets}
     ort_fp32 = load_artifact(by_name["ort-fp32"].artifact)
     ov_fp32 = load_artifact(by_name["openvino-fp32"].artifact)
@@ -114,6 +116,8 @@ def main() -> None:
                         progress=lambda note: print("  " + note, flush=True))
     ort_thr = res["ort-fp32"]["throughput"]
     ov_thr = res["openvino-fp32"]["throughput"]
+    own_fp32 = {"onnxruntime": ort_thr, "openvino": ov_thr,
+                "torch": res["torch-fp32-compiled"]["throughput"]}
     base_size = model_bytes(by_name["torch-fp32"].artifact)
     print(f"\n{'candidate':<38}{'thr ×':>7}{'× own fp32':>11}{'cosine':>8}{'min cos':>9}"
           f"{'top-10':>8}{'size ×':>8}")
@@ -123,8 +127,8 @@ def main() -> None:
         if "error" in r:
             print(f"{t.name:<38}failed: {r['error']}")
             continue
-        own = r["throughput"] / (ov_thr if t.runtime == "openvino" else ort_thr)
-        own_txt = "-" if t.runtime == "torch" else f"{own:.2f}×"
+        own = r["throughput"] / own_fp32[t.runtime]
+        own_txt = "-" if t.name.startswith("torch-fp32") else f"{own:.2f}×"
         print(f"{t.name:<38}{r['ratios']['throughput']:>6.2f}×{own_txt:>11}"
               f"{q['mean_cosine']:>8.4f}{q['min_cosine']:>9.4f}{q['top10_agreement']:>8.3f}"
               f"{model_bytes(t.artifact) / base_size:>7.2f}×")

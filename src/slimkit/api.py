@@ -115,47 +115,95 @@ def benchmark(models: list[str], *, options: BenchmarkOptions | None = None) -> 
             "baseline": targets[0].name}
 
 
-DEFAULT_METHOD = {"onnxruntime": "dynamic_int8", "openvino": "nncf_int8", "torch": "dynamic_int8"}
+DEFAULT_METHOD = {"onnxruntime": "dynamic_int8", "openvino": "nncf_int8", "torch": "torchao"}
 
 
-class QuantizeOptions(BaseModel):
+class CompareOptions(BaseModel):
+    """What a one-technique command shares: where it runs, how it is judged and measured."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     runtime: str = "onnxruntime"
-    method: str | None = Field(None, description="technique; default by runtime")
     settings: dict[str, Any] = Field(default_factory=dict, description="the technique's options")
-    min_cosine: float | None = None
-    max_drop: float | None = None
     task: Task = "generic"
-    calibration: DataSpec | None = None
+    calibration: DataSpec | None = Field(None, description="calibration / training data")
     output: str | None = None
     benchmark: BenchOptions = Field(default_factory=lambda: BenchOptions(rounds=3))
 
 
-def quantize(model: str, data: DataSpec, *, options: QuantizeOptions | None = None
-             ) -> dict[str, Any]:
-    """Quantize `model` for a runtime, within an optional quality budget, and measure it
-    against the same model in float on that runtime: a two-candidate run with a report."""
-    opts = options or QuantizeOptions()
-    method = opts.method or DEFAULT_METHOD.get(opts.runtime, "dynamic_int8")
-    settings = dict(opts.settings)
-    if opts.min_cosine is not None or opts.max_drop is not None:
-        settings["budget"] = {"min_cosine": opts.min_cosine, "max_drop": opts.max_drop}
+class QuantizeOptions(CompareOptions):
+    method: str | None = Field(None, description="technique; default by runtime")
+    min_cosine: float | None = None
+    max_drop: float | None = None
+
+
+class PruneOptions(CompareOptions):
+    method: str = Field("prune_channels", description="prune_channels, prune_transformer, "
+                        "prune_magnitude or prune_semi_structured")
+    distill: dict[str, Any] | None = Field(
+        default_factory=dict, description="options of the distillation that recovers quality "
+        "after pruning; None prunes only")
+
+
+class DistillOptions(CompareOptions):
+    teacher: str | None = Field(None, description="teacher model; default the model itself "
+                                "before any step")
+
+
+def _versus(model: str, data: DataSpec, opts: CompareOptions, label: str,
+            steps: list[dict[str, Any]], baseline: str | None = None) -> dict[str, Any]:
+    """A two-candidate run on one runtime: the reference model in float against `model`
+    with `steps`, with the usual results and reports."""
+    from slimkit.config import parse_recipe
+
     name = Path(model).stem if Path(model).exists() else model.rsplit(":", 1)[-1]
+    compiled = {"compile": True} if opts.runtime == "torch" else {}
+    first: dict[str, Any] = {"name": f"{opts.runtime}-float", "runtime": opts.runtime,
+                             "baseline": True, **compiled}
+    if baseline is not None:
+        first["model"] = {"source": baseline}
     raw = {
-        "name": f"{name}-{method}",
+        "name": f"{name}-{label}",
         "model": {"source": model},
         "data": data.model_dump(),
         "calibration": opts.calibration.model_dump() if opts.calibration else None,
         "evaluation": {"task": opts.task},
         "benchmark": opts.benchmark.model_dump(),
-        "candidates": [
-            {"name": f"{opts.runtime}-float", "runtime": opts.runtime, "baseline": True},
-            {"name": f"{opts.runtime}-{method}", "runtime": opts.runtime,
-             "steps": [{method: settings}]},
-        ],
+        "candidates": [first, {"name": f"{opts.runtime}-{label}", "runtime": opts.runtime,
+                               "steps": steps, **compiled}],
         "output": opts.output,
     }
-    from slimkit.config import parse_recipe
+    return run(parse_recipe(raw, f"slimkit {label}"))
 
-    return run(parse_recipe(raw, "slimkit quantize"))
+
+def quantize(model: str, data: DataSpec, *, options: QuantizeOptions | None = None
+             ) -> dict[str, Any]:
+    """Quantize `model` for a runtime, within an optional quality budget, and measure it
+    against the same model in float on that runtime."""
+    opts = options or QuantizeOptions()
+    method = opts.method or DEFAULT_METHOD.get(opts.runtime, "dynamic_int8")
+    settings = dict(opts.settings)
+    if opts.min_cosine is not None or opts.max_drop is not None:
+        settings["budget"] = {"min_cosine": opts.min_cosine, "max_drop": opts.max_drop}
+    return _versus(model, data, opts, method, [{method: settings}])
+
+
+def prune(model: str, data: DataSpec, *, options: PruneOptions | None = None) -> dict[str, Any]:
+    """Prune `model`, recover it by distillation from the unpruned model, and measure it
+    against the unpruned model on the runtime."""
+    opts = options or PruneOptions()
+    steps: list[dict[str, Any]] = [{opts.method: dict(opts.settings)}]
+    if opts.distill is not None:
+        steps.append({"distill": dict(opts.distill)})
+    return _versus(model, data, opts, opts.method, steps)
+
+
+def distill(model: str, data: DataSpec, *, options: DistillOptions | None = None
+            ) -> dict[str, Any]:
+    """Train `model` (the student) to imitate a teacher on the data, labelled or not, and
+    measure it against the teacher on the runtime."""
+    opts = options or DistillOptions()
+    settings = dict(opts.settings)
+    if opts.teacher is not None:
+        settings["teacher"] = opts.teacher
+    return _versus(model, data, opts, "distill", [{"distill": settings}], opts.teacher)

@@ -7,11 +7,13 @@ code 2; a traceback means a bug in slimkit.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from slimkit.bench.harness import BenchOptions
 from slimkit.data import DataSpec
 from slimkit.errors import SlimkitError
 
@@ -105,7 +107,7 @@ def quantize(
     data: Annotated[str, typer.Option(help="evaluation data: an example name (minilm, digits) "
                                            "or a .npz / image folder / .jsonl / .txt path")],
     runtime: Annotated[str, typer.Option("--runtime", "-r")] = "onnxruntime",
-    method: Annotated[str | None, typer.Option(help="static_int8, dynamic_int8, nncf_int8, "
+    method: Annotated[str | None, typer.Option(help="static_int8, dynamic_int8, nncf_int8, torchao, "
                                                     "weight_only_int4, weight_compress")] = None,
     min_cosine: Annotated[float | None, typer.Option(help="budget: mean output cosine")] = None,
     max_drop: Annotated[float | None, typer.Option(help="budget: accuracy points")] = None,
@@ -117,26 +119,107 @@ def quantize(
     rounds: int = 3,
 ) -> None:
     """Quantize MODEL for a runtime within a budget; report it against the float model."""
-    import yaml
-
     from slimkit.api import QuantizeOptions
     from slimkit.api import quantize as api_quantize
-    from slimkit.bench import BenchOptions
-    from slimkit.summary import print_summary
 
-    try:
-        settings = {}
-        for item in option or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise SlimkitError(f"--set {item!r}: write KEY=VALUE, e.g. calibration=mse")
-            settings[key] = yaml.safe_load(value)
+    def run_it() -> dict:
         opts = QuantizeOptions(
-            runtime=runtime, method=method, settings=settings, min_cosine=min_cosine,
+            runtime=runtime, method=method, settings=_settings(option), min_cosine=min_cosine,
             max_drop=max_drop, task=task,  # type: ignore[arg-type]
             calibration=_data_spec(calibration, calib=True) if calibration else None,
             output=str(output) if output else None, benchmark=BenchOptions(rounds=rounds))
-        doc = api_quantize(model, _data_spec(data), options=opts)
+        return api_quantize(model, _data_spec(data), options=opts)
+
+    _report(run_it)
+
+
+def _settings(items: list[str] | None) -> dict[str, object]:
+    import yaml
+
+    settings = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SlimkitError(f"--set {item!r}: write KEY=VALUE, e.g. calibration=mse")
+        settings[key] = yaml.safe_load(value)
+    return settings
+
+
+DataOption = Annotated[str, typer.Option(help="evaluation data: an example name (minilm, "
+                                              "digits) or a .npz / image folder / .jsonl / .txt")]
+TrainData = Annotated[str | None, typer.Option(
+    "--train-data", help="training / calibration data, as --data (default: the example's "
+                         "calibration split)")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="technique option KEY=VALUE "
+                                                                   "(YAML value)")]
+
+
+@app.command()
+def prune(
+    model: Annotated[str, typer.Argument(help="model source or artifact directory")],
+    data: DataOption,
+    method: Annotated[str, typer.Option(help="prune_channels, prune_transformer, "
+                                             "prune_magnitude, prune_semi_structured")
+                      ] = "prune_channels",
+    runtime: Annotated[str, typer.Option("--runtime", "-r")] = "onnxruntime",
+    train_data: TrainData = None,
+    distill: Annotated[bool, typer.Option(help="recover by distilling from the unpruned "
+                                               "model")] = True,
+    epochs: Annotated[int | None, typer.Option(help="distillation epochs")] = None,
+    task: str = "generic",
+    option: SetOption = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    rounds: int = 3,
+) -> None:
+    """Prune MODEL, recover it by distillation, and measure it against the unpruned model."""
+    from slimkit.api import PruneOptions
+    from slimkit.api import prune as api_prune
+
+    def run_it() -> dict:
+        recover = ({"epochs": epochs} if epochs is not None else {}) if distill else None
+        opts = PruneOptions(runtime=runtime, method=method, settings=_settings(option),
+                            distill=recover, task=task,  # type: ignore[arg-type]
+                            calibration=_data_spec(train_data, calib=True) if train_data
+                            else None, output=str(output) if output else None,
+                            benchmark=BenchOptions(rounds=rounds))
+        return api_prune(model, _data_spec(data), options=opts)
+
+    _report(run_it)
+
+
+@app.command()
+def distill(
+    model: Annotated[str, typer.Argument(help="the student: model source or artifact dir")],
+    data: DataOption,
+    teacher: Annotated[str | None, typer.Option(help="teacher model (default: MODEL as "
+                                                     "given, before training)")] = None,
+    runtime: Annotated[str, typer.Option("--runtime", "-r")] = "onnxruntime",
+    train_data: TrainData = None,
+    task: str = "generic",
+    option: SetOption = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    rounds: int = 3,
+) -> None:
+    """Distil a teacher into MODEL on the training data (labels optional); measure both."""
+    from slimkit.api import DistillOptions
+    from slimkit.api import distill as api_distill
+
+    def run_it() -> dict:
+        opts = DistillOptions(runtime=runtime, teacher=teacher, settings=_settings(option),
+                              task=task,  # type: ignore[arg-type]
+                              calibration=_data_spec(train_data, calib=True) if train_data
+                              else None, output=str(output) if output else None,
+                              benchmark=BenchOptions(rounds=rounds))
+        return api_distill(model, _data_spec(data), options=opts)
+
+    _report(run_it)
+
+
+def _report(run_it: Callable[[], dict]) -> None:
+    from slimkit.summary import print_summary
+
+    try:
+        doc = run_it()
     except SlimkitError as e:
         _fail(e)
         return
@@ -146,9 +229,10 @@ def quantize(
     print_summary(doc)
     for c in doc["candidates"]:
         for step, rep in (c.get("details") or {}).items():
-            kept = rep.get("kept_float")
-            if kept is not None:
-                print(f"{c['name']} {step}: {len(kept)} layer(s) kept in float")
+            if rep.get("kept_float") is not None:
+                print(f"{c['name']} {step}: {len(rep['kept_float'])} layer(s) kept in float")
+            if rep.get("flops_ratio") is not None:
+                print(f"{c['name']} {step}: {rep['flops_ratio']:.2f}× the FLOPs")
 
 
 def _data_spec(text: str, calib: bool = False) -> DataSpec:

@@ -42,6 +42,8 @@ class CandidateConfig(BaseModel):
     steps: list[Step] = Field(default_factory=list)
     baseline: bool = False
     compile: bool = Field(False, description="torch runtime only: serve through torch.compile")
+    model: ModelRef | None = Field(None, description="this candidate's own source model (a "
+                                   "teacher, another student); default the recipe's model")
 
     @field_validator("runtime")
     @classmethod

@@ -21,7 +21,7 @@ import numpy as np
 from slimkit import __version__
 from slimkit.artifact import load_artifact
 from slimkit.bench import Target, run_benchmark
-from slimkit.config import Recipe
+from slimkit.config import CandidateConfig, Recipe
 from slimkit.data import Dataset, load_data
 from slimkit.errors import SlimkitError
 from slimkit.evaluate import collect_outputs, evaluate_outputs, primary_metric
@@ -32,7 +32,7 @@ from slimkit.io import (
     sha256_json,
 )
 from slimkit.machine import describe_machine
-from slimkit.model import import_object, load_model
+from slimkit.model import Model, import_object, load_model
 from slimkit.pipeline import Built, Cache, build, model_key
 from slimkit.progress import console, progress_bar
 from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
@@ -60,10 +60,22 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     errors: list[str] = []
     results = [CandidateResult(c.name, c.runtime, c.compile) for c in recipe.candidates]
 
+    sources: dict[str, tuple[Model, str]] = {}
+
+    def source(cand: CandidateConfig) -> tuple[Model, str]:
+        if cand.model is None:
+            return base, base_key
+        tag = cand.model.model_dump_json()
+        if tag not in sources:
+            m = load_model(cand.model)
+            sources[tag] = (m, model_key(m))
+        return sources[tag]
+
     with progress_bar("building", total=len(results)) as advance:
         for cand, res in zip(recipe.candidates, results, strict=True):
             try:
-                res.built = build(base, base_key, list(cand.steps), runtime_format(cand.runtime),
+                model, key = source(cand)
+                res.built = build(model, key, list(cand.steps), runtime_format(cand.runtime),
                                   cache, data=calib, threads=recipe.benchmark.threads,
                                   on_step=lambda s, n=cand.name: advance(0, f"{n}: {s}"))
             except SlimkitError as e:
