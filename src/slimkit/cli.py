@@ -107,8 +107,9 @@ def quantize(
     data: Annotated[str, typer.Option(help="evaluation data: an example name (minilm, digits) "
                                            "or a .npz / image folder / .jsonl / .txt path")],
     runtime: Annotated[str, typer.Option("--runtime", "-r")] = "onnxruntime",
-    method: Annotated[str | None, typer.Option(help="static_int8, dynamic_int8, nncf_int8, torchao, "
-                                                    "weight_only_int4, weight_compress")] = None,
+    method: Annotated[str | None, typer.Option(
+        help="static_int8, dynamic_int8, nncf_int8, torchao, weight_only_int4, weight_compress"
+    )] = None,
     min_cosine: Annotated[float | None, typer.Option(help="budget: mean output cosine")] = None,
     max_drop: Annotated[float | None, typer.Option(help="budget: accuracy points")] = None,
     calibration: Annotated[str | None, typer.Option(help="calibration data, as --data")] = None,
