@@ -233,3 +233,25 @@ def test_failed_candidate_is_listed_but_not_plotted(results: dict) -> None:
     circles = [a for tag, a in parsed.tags if tag == "circle" and "cx" in a]
     assert len(circles) == 3  # baseline, int8, legend marker
     assert "ort-bf16" in "".join(parsed.text)
+
+
+def test_technique_reports_bring_their_own_columns_and_a_loss_curve(results: dict) -> None:
+    results["candidates"][1]["details"] = {
+        "prune_channels": {"flops_before": 2_000_000, "flops_after": 1_000_000,
+                           "importance": "taylor",
+                           "layers": [{"layer": "body.0", "channels_before": 128,
+                                       "channels_after": 64, "sensitivity": 0.0123}]},
+        "distill": {"teacher": "source", "loss": "response",
+                    "agreement": {"measure": "accuracy", "examples": 10, "before": 0.5,
+                                  "after": 0.9},
+                    "history": [{"loss": 1.5}, {"loss": 0.75}, {"loss": 0.5}]},
+    }
+    md = render_markdown(results)
+    assert "| Layer | Channels before | Channels after | Sensitivity |" in md
+    assert "| body.0 | 128 | 64 | 0.0123 |" in md
+    assert "FLOPs: 2,000,000 → 1,000,000 (0.50×)" in md
+    assert "accuracy with the teacher on 10 examples: 0.5000 → 0.9000" in md
+    assert "trained 3 epoch(s), loss 1.5 → 0.5" in md
+    html = render_html(results)
+    assert 'aria-label="training loss per epoch"' in html
+    assert html.count("<title>epoch ") == 3

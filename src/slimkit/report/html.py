@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
-from slimkit.report.details import LAYER_HEADERS, detail_sections
+from slimkit.report.details import detail_sections
 from slimkit.report.markdown import (
     LEAD,
     LINEAGE_HEADERS,
@@ -23,7 +23,7 @@ from slimkit.report.markdown import (
     primary_metric,
     provenance,
 )
-from slimkit.report.svg import Point, bars, scatter
+from slimkit.report.svg import Point, bars, curve, scatter
 
 STYLE = """
 :root { color-scheme: light; }
@@ -163,11 +163,16 @@ def details_html(results: dict) -> str:
         parts.append(f"<h2>{escape(sec.title)}</h2>")
         if sec.facts:
             parts.append("<ul>" + "".join(f"<li>{escape(f)}</li>" for f in sec.facts) + "</ul>")
+        if sec.curve:
+            parts.append(curve(sec.curve, "training loss per epoch"))
         if sec.rows:
-            head = "".join(f"<th>{escape(h)}</th>" for h in LAYER_HEADERS)
+            head = "".join(f"<th>{escape(h)}</th>" for h in sec.headers)
             body = "".join(
-                f'<tr><td class="mono">{escape(a)}</td><td class=num>{escape(b)}</td>'
-                f"<td>{escape(c)}</td></tr>" for a, b, c in sec.rows)
+                "<tr>" + "".join(f'<td class="{"num" if num else "mono" if i == 0 else ""}">'
+                                 f"{escape(cell)}</td>"
+                                 for i, (cell, num) in enumerate(zip(row, sec.numeric,
+                                                                     strict=True)))
+                + "</tr>" for row in sec.rows)
             parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
                          f"<tbody>{body}</tbody></table></div>")
     return "\n".join(parts)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from slimkit.report.details import LAYER_HEADERS, detail_sections
+from slimkit.report.details import detail_sections
 
 DASH = "—"
 KNOWN_METRICS: dict[str, list[str]] = {
@@ -273,7 +273,7 @@ def render_markdown(results: dict) -> str:
     for sec in detail_sections(results):
         out += ["", f"## {sec.title}", "", *[f"- {f}" for f in sec.facts]]
         if sec.rows:
-            out += ["", *md_table(LAYER_HEADERS, sec.rows, [False, True, False])]
+            out += ["", *md_table(sec.headers, sec.rows, sec.numeric)]
     out += ["", "## Lineage", ""]
     lineage_numeric = [h == "Seconds" for h in LINEAGE_HEADERS]
     out += md_table(LINEAGE_HEADERS, lineage_rows(results), lineage_numeric)

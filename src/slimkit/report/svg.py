@@ -207,3 +207,40 @@ def bars(items: list[tuple[str, float, bool]], label: str, width: int = 680) -> 
     out.append(text(left + pw / 2, base_y + 30, label, "middle", "axis"))
     out.append("</svg>")
     return "\n".join(out)
+
+
+def curve(values: list[float], label: str, width: int = 420, height: int = 160) -> str:
+    """Loss per epoch: whether training converged, stalled or was cut short is a shape."""
+    if len(values) < 2:
+        return ""
+    left, right, top, bottom = 56, 14, 12, 34
+    pw, ph = width - left - right, height - top - bottom
+    lo, hi = value_range(values)
+
+    def sx(i: int) -> float:
+        return left + i / (len(values) - 1) * pw
+
+    def sy(v: float) -> float:
+        return top + ph - (v - lo) / (hi - lo) * ph
+
+    out = [f'<svg class="chart curve" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" aria-label="{escape(label)}">',
+           f"<title>{escape(label)}</title>",
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" '
+           f'stroke="{INK}"/>']
+    ys, yd = ticks(lo, hi, 3)
+    for y in ys:
+        out.append(f'<line x1="{left}" y1="{sy(y):.1f}" x2="{left + pw}" y2="{sy(y):.1f}" '
+                   f'stroke="{GRID}"/>')
+        out.append(text(left - 6, sy(y) + 4, fmt_tick(y, yd), "end", "tick"))
+    path = " ".join(f"{'M' if i == 0 else 'L'}{sx(i):.1f} {sy(v):.1f}"
+                    for i, v in enumerate(values))
+    out.append(f'<path d="{path}" fill="none" stroke="{ACCENT}" stroke-width="1.8"/>')
+    for i, v in enumerate(values):
+        out.append(f'<circle cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="2.5" fill="{ACCENT}">'
+                   f"<title>epoch {i + 1}: {v:.4g}</title></circle>")
+    out.append(text(left, top + ph + 16, "epoch 1", "start", "tick"))
+    out.append(text(left + pw, top + ph + 16, f"epoch {len(values)}", "end", "tick"))
+    out.append(text(left + pw / 2, height - 4, label, "middle", "axis"))
+    out.append("</svg>")
+    return "\n".join(out)
