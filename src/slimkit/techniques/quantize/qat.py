@@ -132,35 +132,27 @@ def _train(module: object, teacher: object, ctx: StepContext, names: list[str],
     import torch
     from torch.nn import functional as F
 
-    from slimkit.progress import progress_bar
+    from slimkit.data import Dataset
+    from slimkit.train import TrainSettings, fit
 
     assert ctx.data is not None
     data = ctx.data
-    labels = None if data.labels is None else torch.from_numpy(np.asarray(data.labels))
-    use_labels = labels is not None and config.distill != "always"
-    if config.distill == "never" and labels is None:
+    if config.distill == "never" and data.labels is None:
         raise TechniqueError("qat: distill is 'never' but the data has no labels")
-    x = [torch.from_numpy(data.inputs[n]) for n in names]
-    params = list(module.parameters())  # type: ignore[attr-defined]
-    opt = torch.optim.Adam(params, lr=config.lr)
-    gen = torch.Generator().manual_seed(config.seed)
-    steps = (len(data) + config.batch_size - 1) // config.batch_size
-    module.train()  # type: ignore[attr-defined]
-    with progress_bar("quantization-aware training", total=config.epochs * steps) as advance:
-        for epoch in range(config.epochs):
-            perm = torch.randperm(len(data), generator=gen)
-            for i in range(0, len(data), config.batch_size):
-                idx = perm[i : i + config.batch_size]
-                batch = [t[idx] for t in x]
-                out = module(*batch)  # type: ignore[operator]
-                if use_labels:
-                    assert labels is not None
-                    loss = F.cross_entropy(out, labels[idx])
-                else:
-                    with torch.no_grad():
-                        target = teacher(*batch)  # type: ignore[operator]
-                    loss = F.mse_loss(out, target)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                advance(1, f"epoch {epoch + 1} loss {loss.item():.4f}")
+    use_labels = data.labels is not None and config.distill != "always"
+
+    def loss(net: torch.nn.Module, x: dict[str, torch.Tensor],
+             y: torch.Tensor | None) -> torch.Tensor:
+        out = net(**x)
+        if y is not None:
+            return F.cross_entropy(out, y)
+        with torch.no_grad():
+            target = teacher(**x)  # type: ignore[operator]
+        return F.mse_loss(out, target)
+
+    train = Dataset({n: data.inputs[n] for n in names}, data.labels if use_labels else None,
+                    data.name)
+    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                             seed=config.seed, checkpoint_dir=ctx.checkpoints)
+    fit(module, loss, train, settings,  # type: ignore[arg-type]
+        title="quantization-aware training")
