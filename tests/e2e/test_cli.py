@@ -119,3 +119,42 @@ def test_quantize_rejects_a_bad_option(tmp_path: Path):
     proc = slimkit("quantize", "slimkit.examples.digits:load_model", "--data", "digits",
                    "--method", "static_int8", "--set", "calibraton=mse", cwd=tmp_path)
     assert_one_line_error(proc, "calibraton", "unknown field")
+
+
+@pytest.mark.slow
+def test_prune_digits_channels_and_recover_by_distillation(tmp_path: Path):
+    out = tmp_path / "p"
+    proc = slimkit("prune", "slimkit.examples.digits:load_model", "--data", "digits",
+                   "--train-data", "digits", "--method", "prune_channels",
+                   "--set", "flops_ratio=0.5", "--set", "samples=64", "--epochs", "1",
+                   "--task", "classification", "--rounds", "1", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    _, pruned = doc["candidates"]
+    assert [s["step"] for s in pruned["steps"]][:2] == ["prune_channels", "distill"]
+    assert 0.4 <= pruned["details"]["prune_channels"]["flops_ratio"] <= 0.6
+    assert pruned["ratios"]["size"] < 0.7
+    assert pruned["quality"]["accuracy"] > 0.8
+    assert "the FLOPs" in proc.stdout and "Channels after" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_distill_a_small_student_from_the_digits_cnn(tmp_path: Path):
+    out = tmp_path / "d"
+    proc = slimkit("distill", "slimkit.examples.digits:student", "--teacher",
+                   "slimkit.examples.digits:load_model", "--data", "digits",
+                   "--set", "epochs=6", "--set", "lr=0.003", "--task", "classification",
+                   "--rounds", "1", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    teacher, student = doc["candidates"]
+    assert teacher["quality"]["accuracy"] > 0.95
+    assert student["quality"]["accuracy"] > 0.5  # untrained, it would be about 0.1
+    assert student["size_bytes"] < 0.2 * teacher["size_bytes"]
+    assert student["details"]["distill"]["history"]
+
+
+def test_prune_rejects_an_unknown_method(tmp_path: Path):
+    proc = slimkit("prune", "slimkit.examples.digits:load_model", "--data", "digits",
+                   "--method", "prune_everything", cwd=tmp_path)
+    assert_one_line_error(proc, "prune_everything")

@@ -26,11 +26,13 @@ if TYPE_CHECKING:
 
 LossKind = Literal["auto", "response", "embedding", "mse", "relational", "feature"]
 REPORT = "distill.json"
+_TEACHER = "__teacher_output__"  # an extra column of the training data, never a model input
 
 
 class Distill(TechniqueConfig):
     technique: Literal["distill"] = "distill"
     always_shown = ("loss", "epochs")
+    version = 2  # 2: teacher outputs computed once before training
     teacher: str = Field("source", description="'source': the unmodified source model; or a "
                                                "model reference (path or package.module:fn)")
     loss: LossKind = Field("auto", description="auto: response (mixed with labels) for logits "
@@ -93,11 +95,23 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
     adapters = taps.adapters(probe, config) if config.features else None
     main = _main_loss(kind, config)
 
+    train_data = data
+    if not config.features:
+        # The teacher is frozen and in eval mode, so its outputs are the same every epoch:
+        # computed once, they ride along with the inputs and each step runs the student only.
+        train_data = Dataset({**data.inputs, _TEACHER: _teacher_outputs(teacher.module, data,
+                                                                         config)},
+                             data.labels, data.name)
+
     def loss_fn(net: nn.Module, x: dict[str, torch.Tensor],
                 y: torch.Tensor | None) -> torch.Tensor:
+        cached = x.pop(_TEACHER, None)
         s = first_tensor(net(**x))
-        with torch.no_grad():
-            t = first_tensor(teacher.module(**x))
+        if cached is not None:
+            t = cached
+        else:
+            with torch.no_grad():
+                t = first_tensor(teacher.module(**x))
         total = main(s, t, y) if main is not None else s.new_zeros(())
         if adapters is not None:
             total = total + config.feature_weight * taps.loss(adapters, config.feature_loss)
@@ -111,7 +125,7 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
                              patience=config.patience, precision=config.precision,
                              max_minutes=config.max_minutes, checkpoint_dir=ctx.checkpoints,
                              device=config.device)
-    result = fit(student, loss_fn, data, settings,
+    result = fit(student, loss_fn, train_data, settings,
                  extra_params=adapters.parameters() if adapters is not None else (),
                  evaluate=agreement, title="distillation")
     taps.remove()
@@ -126,6 +140,21 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
     })
     return TorchModel(student.eval(), model.inputs, model.tokenizer, ref=model.ref,
                       steps=[*model.steps, config.model_copy(update={"loss": kind})])
+
+
+def _teacher_outputs(teacher: nn.Module, data: Dataset, config: Distill) -> Any:
+    import numpy as np
+    import torch
+
+    from slimkit.progress import progress_bar
+
+    outs = []
+    with torch.no_grad(), progress_bar("teacher outputs", total=len(data)) as advance:
+        for batch in data.batches(max(config.batch_size, 64)):
+            x = {k: torch.from_numpy(v).to(config.device) for k, v in batch.items()}
+            outs.append(first_tensor(teacher(**x)).float().cpu().numpy())
+            advance(len(next(iter(batch.values()))))
+    return np.concatenate(outs)
 
 
 def _teacher(model: TorchModel, config: Distill) -> TorchModel:
