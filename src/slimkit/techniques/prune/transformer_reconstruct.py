@@ -6,6 +6,11 @@ and output.dense on the kept inputs recovers that share (layer-wise reconstructi
 al. 2022), from Gram matrices of the unpruned layer inputs gathered on calibration tokens: with
 X the full input (plus a column of ones for the bias), the kept columns K and the weights W,
 the refit is (X_K'X_K + r I)^-1 X_K'X W', which needs only X'X.
+
+Each layer is refitted on the unpruned model's inputs, independently of the others. That helps
+small encoders, but on all-MiniLM-L6-v2 at 65% of the FLOPs the embedding ended up further
+from the original than without the refit, presumably because the refitted weights amplify the
+deviations that earlier pruned layers pass on; hence it is off by default.
 """
 
 from __future__ import annotations
