@@ -10,6 +10,14 @@ the bundled corpus does not use, with any paragraph of the test split removed.
 
 Timings are taken on a CPU other work shares, so they are noisy; throughput is measured in
 interleaved rounds and the median ratio is reported.
+
+Findings so far (taylor importance, global allocation, 65% of the encoder FLOPs at sequence 128,
+which cuts heads in the first three layers and FFN width everywhere but the last two): cosine
+0.795 right after pruning, 0.937-0.938 after 15 minutes of distillation (180 and 700 steps,
+depending on how busy the CPU was), ONNX Runtime 1.39-1.48x the unpruned model. Uniform
+allocation and the least-squares refit both scored lower right after pruning. Those runs decayed
+the learning rate over a step count estimated in the first 20 steps, which left most of the
+faster run at the floor rate; the decay now follows the time budget instead.
 """
 
 from __future__ import annotations
@@ -145,7 +153,6 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, test: Datase
     lengths = train.inputs["attention_mask"].sum(1)
     start, step, history, paused = time.monotonic(), 0, [], 0.0
     budget = minutes * 60
-    total_steps = None
     while time.monotonic() - start - paused < budget:
         # Batches of similar length waste little on padding; their order is shuffled.
         order = np.argsort(lengths + rng.uniform(0, 8, len(lengths)))
@@ -167,11 +174,10 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, test: Datase
             opt.zero_grad()
             loss.backward()
             elapsed = time.monotonic() - start - paused
-            if total_steps is None and step == 20:
-                total_steps = int(20 * budget / elapsed)
-            frac = step / total_steps if total_steps else 0.0
-            for g in opt.param_groups:  # linear decay over the estimated run
-                g["lr"] = lr * max(0.05, 1 - frac)
+            # Linear decay over the time budget: a step count estimated early goes wrong when
+            # the shared CPU speeds up or slows down during the run.
+            for g in opt.param_groups:
+                g["lr"] = lr * max(0.05, 1 - elapsed / budget)
             opt.step()
             step += 1
             if step % 100 == 0:
