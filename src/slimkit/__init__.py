@@ -7,9 +7,16 @@ heavy backends (onnxruntime, openvino, transformers); they load when a function 
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# transformers imports torchao whenever it is installed; on a CPU-only machine torchao then logs
+# a warning for each CUDA extension it cannot load, and torch one for each enum torchao
+# registers. None of it concerns the user, and it buries progress and summaries.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 _API = {
     "load_model": "slimkit.model",
@@ -26,6 +33,10 @@ _API = {
     "evaluate": "slimkit.api",
     "benchmark": "slimkit.api",
     "run": "slimkit.api",
+    "quantize": "slimkit.api",
+    "prune": "slimkit.api",
+    "distill": "slimkit.api",
+    "fit": "slimkit.train",
     "SlimkitError": "slimkit.errors",
 }
 

@@ -87,3 +87,12 @@ def test_embedding_losses_by_hand() -> None:
     assert cosine_loss(s, t).item() == pytest.approx(0.146447, abs=1e-6)
     # [1, 2] against [3, 2]: squared errors 4 and 0, mean 2.
     assert embedding_mse(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 2.0]])).item() == 2.0
+
+
+def test_relational_loss_of_a_batch_too_small_to_compare_is_zero_not_nan() -> None:
+    from slimkit.train.losses import relational_loss
+
+    s = torch.randn(1, 4, requires_grad=True)
+    loss = relational_loss(s, torch.randn(1, 4))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(s.grad).all()

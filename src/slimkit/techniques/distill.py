@@ -32,7 +32,7 @@ _TEACHER = "__teacher_output__"  # an extra column of the training data, never a
 class Distill(TechniqueConfig):
     technique: Literal["distill"] = "distill"
     always_shown = ("loss", "epochs")
-    version = 2  # 2: teacher outputs computed once before training
+    version = 3  # 2: teacher outputs computed once; 3: agreement on held-out rows
     teacher: str = Field("source", description="'source': the unmodified source model; or a "
                                                "model reference (path or package.module:fn)")
     loss: LossKind = Field("auto", description="auto: response (mixed with labels) for logits "
@@ -83,8 +83,13 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
         raise TechniqueError("distill needs training data (the recipe's calibration data)")
     teacher = _teacher(model, config)
     names = [i.name for i in model.inputs]
-    data = Dataset({n: ctx.data.inputs[n] for n in names}, ctx.data.labels, ctx.data.name)
-    student = model.module
+    full = Dataset({n: ctx.data.inputs[n] for n in names}, ctx.data.labels, ctx.data.name)
+    # Agreement with the teacher picks the best epoch and goes into the report: with enough
+    # data it is measured on rows set apart from training, else on training rows (and says so).
+    held = min(512, len(full) // 10) if len(full) >= 1000 else 0
+    data = _rows(full, 0, len(full) - held)
+    view = _rows(full, len(full) - held, len(full)) if held else full.head(min(len(full), 512))
+    student = model.module.to(config.device)
     teacher.module.to(config.device).eval().requires_grad_(False)
     probe = {n: torch.from_numpy(v[: config.batch_size]).to(config.device)
              for n, v in data.inputs.items()}
@@ -117,7 +122,6 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
             total = total + config.feature_weight * taps.loss(adapters, config.feature_loss)
         return total
 
-    view = data.head(min(len(data), 512))
     agreement = _Agreement(teacher.module, view, kind == "response", config.device)
     before = agreement(student.to(config.device).eval())
     settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
@@ -134,12 +138,20 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
     atomic_write_json(ctx.workdir / REPORT, {
         "teacher": config.teacher, "loss": kind, "features": [list(f) for f in config.features],
         "agreement": {"measure": agreement.measure, "examples": len(view),
+                      "measured_on": "held-out rows" if held else "training rows",
                       "before": before, "after": after},
         "steps": result.steps, "epochs": result.epochs, "stopped_early": result.stopped_early,
         "out_of_time": result.out_of_time, "history": result.history,
     })
     return TorchModel(student.eval(), model.inputs, model.tokenizer, ref=model.ref,
                       steps=[*model.steps, config.model_copy(update={"loss": kind})])
+
+
+def _rows(data: Dataset, start: int, stop: int) -> Dataset:
+    from slimkit.data import Dataset
+
+    labels = None if data.labels is None else data.labels[start:stop]
+    return Dataset(data.slice(start, stop), labels, data.name)
 
 
 def _teacher_outputs(teacher: nn.Module, data: Dataset, config: Distill) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from slimkit.errors import TechniqueError
@@ -51,8 +52,10 @@ def read(directory: Path | None) -> Checkpoint | None:
         return None
     try:
         meta = json.loads((directory / INDEX).read_text())
+        if Path(meta["tensors"]).name != meta["tensors"]:
+            raise ValueError(f"tensor file {meta['tensors']!r} is not a file of this folder")
         tensors = load_file(str(directory / meta["tensors"]))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise TechniqueError(f"{directory}: unreadable training checkpoint ({e}); "
                              "remove the folder to start over") from e
     return Checkpoint(tensors, meta)

@@ -100,7 +100,10 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
 
 def relational_loss(student: torch.Tensor, teacher: torch.Tensor, distance: float = 1.0,
                     angle: float = 2.0) -> torch.Tensor:
-    """RKD with the paper's weights: distance 1, angle 2."""
+    """RKD with the paper's weights: distance 1, angle 2. A batch of fewer than three has no
+    pair or triplet to compare (a last short batch, say): it contributes nothing."""
+    if len(student) < 3:
+        return student.sum() * 0.0
     return (distance * rkd_distance_loss(student, teacher)
             + angle * rkd_angle_loss(student, teacher))
 

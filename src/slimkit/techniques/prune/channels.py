@@ -176,7 +176,8 @@ def prune_channels_torch(model: Model, config: PruneChannels, ctx: StepContext) 
                      "flops_before": sum(before[n] for n in g.outputs),
                      "flops_after": sum(after[n] for n in g.outputs)})
     atomic_write_json(ctx.workdir / REPORT, {
-        "target": {"flops_ratio": config.flops_ratio, "ratio": config.ratio},
+        "target": ({"kept": config.kept} if config.kept else
+                   {"flops_ratio": config.flops_ratio, "ratio": config.ratio}),
         "flops_before": total, "flops_after": total_after, "flops_ratio": total_after / total,
         "params_before": params, "params_after": sum(p.numel() for p in module.parameters()),
         "quality_loss": quality(module), "bn_recalibrated": config.recalibrate_bn,

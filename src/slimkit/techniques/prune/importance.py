@@ -15,18 +15,10 @@ import torch
 from torch import nn
 
 from slimkit.data import Dataset
+from slimkit.techniques.distill import first_tensor
 from slimkit.techniques.prune.graph import Group
 
 Method = Literal["l1", "l2", "bn_scale", "taylor"]
-
-
-def first_tensor(out: Any) -> torch.Tensor:
-    """The network's main output, whatever container it comes in."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        return first_tensor(next(iter(out.values())))
-    return first_tensor(out[0])
 
 
 def uses_labels(out: torch.Tensor, labels: torch.Tensor | None) -> bool:
@@ -41,6 +33,8 @@ def _gradient_batches(module: nn.Module, data: Dataset, names: list[str],
     batches rather than taken from one summed gradient: on data the model already fits, the
     per-example gradients mostly cancel, and their sum ranks channels by noise."""
     labels = None if data.labels is None else torch.from_numpy(data.labels)
+    if labels is not None and not labels.dtype.is_floating_point:
+        labels = labels.long()
     for start in range(0, len(data), size):
         module.zero_grad(set_to_none=True)
         feeds = {n: torch.from_numpy(data.inputs[n][start:start + size]) for n in names}

@@ -144,15 +144,21 @@ def prune_magnitude_torch(model: Model, config: PruneMagnitude, ctx: StepContext
     masks = masks_at(start)
     apply_masks(layers, masks)
 
+    masks_step = 0
+
     def after_step(step: int, total: int) -> None:
-        nonlocal masks
+        nonlocal masks, masks_step
         target = ramp_target(config, step, total)
+        if target is None and step - masks_step > config.update_every:
+            # Resumed from a checkpoint: take up the masks of the last update before this step,
+            # or zeros pruned before the interruption would grow back.
+            target = ramp_target(config, step - step % config.update_every, total)
         if target is not None:
-            masks = masks_at(target)
+            masks, masks_step = masks_at(target), step
         apply_masks(layers, masks)
 
     result = fine_tune(model.module, loss, config, ctx, after_step, "pruning fine-tuning")
-    # Early stopping may restore weights from before the ramp ended: finish at the target.
+    # A time budget may stop training before the ramp ended: finish at the target.
     if config.threshold is None:
         masks = masks_at(final)
     apply_masks(layers, masks)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from slimkit.data import Dataset
     from slimkit.model import TorchModel
     from slimkit.train.loop import FitResult
 
@@ -102,7 +103,11 @@ def training_loss(model: TorchModel, config: PruneTraining,
         raise TechniqueError(f"{config.technique}: fine-tuning (epochs > 0) needs training data")
     if config.loss == "labels" and data.labels is None:
         raise TechniqueError(f"{config.technique}: loss is 'labels' but {data.name} has none")
-    if data.labels is not None and config.loss != "distill":
+    logits = data.labels is not None and _logits_for(model, data)
+    if config.loss == "labels" and not logits:
+        raise TechniqueError(f"{config.technique}: loss is 'labels' but the model's output "
+                             "does not score the data's classes")
+    if logits and config.loss != "distill":
         def supervised(module: nn.Module, inputs: dict[str, torch.Tensor],
                        labels: torch.Tensor | None) -> torch.Tensor:
             assert labels is not None
@@ -122,6 +127,23 @@ def training_loss(model: TorchModel, config: PruneTraining,
     return distilled
 
 
+def _logits_for(model: TorchModel, data: Dataset) -> bool:
+    """Whether the model's output can take the data's labels: class scores, labels in range."""
+    import numpy as np
+    import torch
+
+    from slimkit.techniques.distill import first_tensor
+
+    labels = np.asarray(data.labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        return False
+    probe = {k: torch.from_numpy(v[:2]) for k, v in data.inputs.items()}
+    with torch.no_grad():
+        out = first_tensor(model.module(**probe))
+    return out.ndim == 2 and out.is_floating_point() and labels.min() >= 0 \
+        and labels.max() < out.shape[1]
+
+
 def fine_tune(module: nn.Module, loss: Callable[..., torch.Tensor] | None,
               config: PruneTraining, ctx: StepContext,
               after_step: Callable[[int, int], None], title: str) -> FitResult | None:
@@ -132,7 +154,7 @@ def fine_tune(module: nn.Module, loss: Callable[..., torch.Tensor] | None,
 
     settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                              weight_decay=config.weight_decay, seed=config.seed,
-                             max_minutes=config.max_minutes)
+                             max_minutes=config.max_minutes, checkpoint_dir=ctx.checkpoints)
     return fit(module, loss, ctx.data, settings, after_step=after_step, title=title)
 
 
@@ -159,6 +181,7 @@ def history(result: FitResult | None) -> dict[str, Any]:
         return {"fine_tuning": None}
     return {"fine_tuning": {"steps": result.steps, "epochs": result.epochs,
                             "stopped_early": result.stopped_early,
+                            "out_of_time": result.out_of_time,
                             "history": result.history}}
 
 

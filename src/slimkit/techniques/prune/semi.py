@@ -180,7 +180,9 @@ def prune_semi_structured_torch(model: Model, config: PruneSemiStructured,
         "layers": rows,
         "skipped": sorted(set(considered) - set(layers)),
         "accelerated": accelerated, **history(result),
-        "note": ("Runs dense on CPU: the N:M pattern is only faster on GPUs with sparse tensor "
+        "note": (f"{len(accelerated)} layer(s) packed for CUDA's semi-structured sparse kernels."
+                 if accelerated else
+                 "Runs dense on CPU: the N:M pattern is only faster on GPUs with sparse tensor "
                  "cores (NVIDIA Ampere or newer, fp16/bf16/int8). " + DENSE_RUNTIME_NOTE),
     })
     return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,

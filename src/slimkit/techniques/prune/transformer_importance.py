@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from slimkit.data import Dataset
+from slimkit.techniques.distill import first_tensor
+from slimkit.techniques.prune.importance import uses_labels
 from slimkit.techniques.prune.transformer_surgery import EncoderLayer
 
 
@@ -104,9 +106,8 @@ def taylor_scores(module: nn.Module, layers: list[EncoderLayer], names: list[str
             flat = [g for pair in gates for g in pair]
             with torch.enable_grad():
                 out = module(*inputs)
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                out = out.reshape(n, -1).float()
-                if labels is not None and out.shape[1] > int(labels.max()):
+                out = first_tensor(out).reshape(n, -1).float()
+                if labels is not None and uses_labels(out, labels):
                     losses = [nn.functional.cross_entropy(out, labels, reduction="sum")]
                 else:
                     losses = [(out * torch.randn(out.shape, generator=gen)).sum()

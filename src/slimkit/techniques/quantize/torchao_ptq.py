@@ -138,6 +138,10 @@ def _calibrate(module: Any, layers: list[str], config: TorchAO, ctx: StepContext
     finally:
         for h in hooks:
             h.remove()
+    silent = [n for n in layers if not seen[n]]
+    if silent:
+        raise TechniqueError(f"torchao: calibration never ran Linear layer(s) "
+                             f"{', '.join(silent[:3])}; put them in exclude")
     scales = {}
     for n in layers:
         lo, hi = compute_range(Histogram.of(np.concatenate(seen[n])), config.calibration,
@@ -202,6 +206,7 @@ def torchao_torch(model: Model, config: TorchAO, ctx: StepContext) -> Model:
         config = config.model_copy(update={"exclude": [*config.exclude,
                                                        *report["kept_float"]]})
         layers = [n for n in layers if n not in report["kept_float"]]
+        report["layers_quantized"] = len(layers)
     _quantize(model.module, config, layers)
     atomic_write_json(ctx.workdir / "quantization.json", report)
     return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
