@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -124,11 +124,8 @@ def quantize(
     from slimkit.api import quantize as api_quantize
 
     def run_it() -> dict:
-        opts = QuantizeOptions(
-            runtime=runtime, method=method, settings=_settings(option), min_cosine=min_cosine,
-            max_drop=max_drop, task=task,  # type: ignore[arg-type]
-            calibration=_data_spec(calibration, calib=True) if calibration else None,
-            output=str(output) if output else None, benchmark=BenchOptions(rounds=rounds))
+        opts = QuantizeOptions(method=method, min_cosine=min_cosine, max_drop=max_drop,
+                               **_shared(runtime, option, task, calibration, output, rounds))
         return api_quantize(model, _data_spec(data), options=opts)
 
     _report(run_it)
@@ -178,11 +175,8 @@ def prune(
 
     def run_it() -> dict:
         recover = ({"epochs": epochs} if epochs is not None else {}) if distill else None
-        opts = PruneOptions(runtime=runtime, method=method, settings=_settings(option),
-                            distill=recover, task=task,  # type: ignore[arg-type]
-                            calibration=_data_spec(train_data, calib=True) if train_data
-                            else None, output=str(output) if output else None,
-                            benchmark=BenchOptions(rounds=rounds))
+        opts = PruneOptions(method=method, distill=recover,
+                            **_shared(runtime, option, task, train_data, output, rounds))
         return api_prune(model, _data_spec(data), options=opts)
 
     _report(run_it)
@@ -206,14 +200,19 @@ def distill(
     from slimkit.api import distill as api_distill
 
     def run_it() -> dict:
-        opts = DistillOptions(runtime=runtime, teacher=teacher, settings=_settings(option),
-                              task=task,  # type: ignore[arg-type]
-                              calibration=_data_spec(train_data, calib=True) if train_data
-                              else None, output=str(output) if output else None,
-                              benchmark=BenchOptions(rounds=rounds))
+        opts = DistillOptions(teacher=teacher,
+                              **_shared(runtime, option, task, train_data, output, rounds))
         return api_distill(model, _data_spec(data), options=opts)
 
     _report(run_it)
+
+
+def _shared(runtime: str, option: list[str] | None, task: str, train_data: str | None,
+            output: Path | None, rounds: int) -> dict[str, Any]:
+    """The options every one-technique command passes the same way."""
+    return {"runtime": runtime, "settings": _settings(option), "task": task,
+            "calibration": _data_spec(train_data, calib=True) if train_data else None,
+            "output": str(output) if output else None, "benchmark": BenchOptions(rounds=rounds)}
 
 
 def _report(run_it: Callable[[], dict]) -> None:

@@ -56,7 +56,7 @@ def _pruning_facts(report: dict[str, Any]) -> list[str]:
                                 ("encoder_flops_before", "encoder_flops_after", "encoder FLOPs"),
                                 ("params_before", "params_after", "parameters")):
         if report.get(before) and report.get(after) is not None:
-            facts.append(f"{what}: {report[before]:,} → {report[after]:,} "
+            facts.append(f"{what}: {round(report[before]):,} → {round(report[after]):,} "
                          f"({report[after] / report[before]:.2f}×)")
     for key, label in (("sparsity", "sparsity of the pruned layers"),
                        ("sparsity_all_layers", "sparsity of all layers")):
