@@ -101,12 +101,22 @@ def export(model: Annotated[str, typer.Argument(help="model source")],
     print(path)
 
 
+DataOption = Annotated[str, typer.Option(help="evaluation data: an example name (minilm, "
+                                              "digits) or a .npz / image folder / .jsonl / .txt")]
+TrainData = Annotated[str | None, typer.Option(
+    "--train-data", help="training / calibration data, as --data (default: the example's "
+                         "calibration split)")]
+RuntimeOption = Annotated[str, typer.Option("--runtime", "-r")]
+OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="run directory")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="technique option KEY=VALUE "
+                                                                   "(YAML value)")]
+
+
 @app.command()
 def quantize(
     model: Annotated[str, typer.Argument(help="model file, HF dir or package.module:function")],
-    data: Annotated[str, typer.Option(help="evaluation data: an example name (minilm, digits) "
-                                           "or a .npz / image folder / .jsonl / .txt path")],
-    runtime: Annotated[str, typer.Option("--runtime", "-r")] = "onnxruntime",
+    data: DataOption,
+    runtime: RuntimeOption = "onnxruntime",
     method: Annotated[str | None, typer.Option(
         help="static_int8, dynamic_int8, nncf_int8, torchao, weight_only_int4, weight_compress"
     )] = None,
@@ -116,7 +126,7 @@ def quantize(
     task: str = "generic",
     option: Annotated[list[str] | None, typer.Option("--set", help="technique option KEY=VALUE "
                                                                     "(YAML value)")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    output: OutputOption = None,
     rounds: int = 3,
 ) -> None:
     """Quantize MODEL for a runtime within a budget; report it against the float model."""
@@ -143,15 +153,6 @@ def _settings(items: list[str] | None) -> dict[str, object]:
     return settings
 
 
-DataOption = Annotated[str, typer.Option(help="evaluation data: an example name (minilm, "
-                                              "digits) or a .npz / image folder / .jsonl / .txt")]
-TrainData = Annotated[str | None, typer.Option(
-    "--train-data", help="training / calibration data, as --data (default: the example's "
-                         "calibration split)")]
-SetOption = Annotated[list[str] | None, typer.Option("--set", help="technique option KEY=VALUE "
-                                                                   "(YAML value)")]
-
-
 @app.command()
 def prune(
     model: Annotated[str, typer.Argument(help="model source or artifact directory")],
@@ -159,14 +160,14 @@ def prune(
     method: Annotated[str, typer.Option(help="prune_channels, prune_transformer, "
                                              "prune_magnitude, prune_semi_structured")
                       ] = "prune_channels",
-    runtime: Annotated[str, typer.Option("--runtime", "-r")] = "onnxruntime",
+    runtime: RuntimeOption = "onnxruntime",
     train_data: TrainData = None,
     distill: Annotated[bool, typer.Option(help="recover by distilling from the unpruned "
                                                "model")] = True,
     epochs: Annotated[int | None, typer.Option(help="distillation epochs")] = None,
     task: str = "generic",
     option: SetOption = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    output: OutputOption = None,
     rounds: int = 3,
 ) -> None:
     """Prune MODEL, recover it by distillation, and measure it against the unpruned model."""
@@ -188,11 +189,11 @@ def distill(
     data: DataOption,
     teacher: Annotated[str | None, typer.Option(help="teacher model (default: MODEL as "
                                                      "given, before training)")] = None,
-    runtime: Annotated[str, typer.Option("--runtime", "-r")] = "onnxruntime",
+    runtime: RuntimeOption = "onnxruntime",
     train_data: TrainData = None,
     task: str = "generic",
     option: SetOption = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    output: OutputOption = None,
     rounds: int = 3,
 ) -> None:
     """Distil a teacher into MODEL on the training data (labels optional); measure both."""

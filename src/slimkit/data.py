@@ -72,9 +72,12 @@ class Dataset:
         for i in range(0, len(self), batch_size):
             yield self.slice(i, i + batch_size)
 
+    def rows(self, start: int, stop: int) -> Dataset:
+        labels = None if self.labels is None else self.labels[start:stop]
+        return Dataset(self.slice(start, stop), labels, self.name)
+
     def head(self, n: int) -> Dataset:
-        labels = None if self.labels is None else self.labels[:n]
-        return Dataset(self.slice(0, n), labels, self.name)
+        return self.rows(0, n)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()

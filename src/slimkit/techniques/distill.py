@@ -17,6 +17,7 @@ from slimkit.errors import TechniqueError
 from slimkit.io import atomic_write_json
 from slimkit.model import Model, TorchModel, load_model
 from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
 
 if TYPE_CHECKING:
     import torch
@@ -87,8 +88,8 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
     # Agreement with the teacher picks the best epoch and goes into the report: with enough
     # data it is measured on rows set apart from training, else on training rows (and says so).
     held = min(512, len(full) // 10) if len(full) >= 1000 else 0
-    data = _rows(full, 0, len(full) - held)
-    view = _rows(full, len(full) - held, len(full)) if held else full.head(min(len(full), 512))
+    data = full.rows(0, len(full) - held)
+    view = full.rows(len(full) - held, len(full)) if held else full.head(min(len(full), 512))
     student = model.module.to(config.device)
     teacher.module.to(config.device).eval().requires_grad_(False)
     probe = {n: torch.from_numpy(v[: config.batch_size]).to(config.device)
@@ -147,13 +148,6 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
                       steps=[*model.steps, config.model_copy(update={"loss": kind})])
 
 
-def _rows(data: Dataset, start: int, stop: int) -> Dataset:
-    from slimkit.data import Dataset
-
-    labels = None if data.labels is None else data.labels[start:stop]
-    return Dataset(data.slice(start, stop), labels, data.name)
-
-
 def _teacher_outputs(teacher: nn.Module, data: Dataset, config: Distill) -> Any:
     import numpy as np
     import torch
@@ -185,29 +179,14 @@ def _teacher(model: TorchModel, config: Distill) -> TorchModel:
     return teacher
 
 
-def first_tensor(out: Any) -> torch.Tensor:
-    """A model's main output: itself, the first of a tuple, or the first tensor of a mapping."""
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return out
-    values = out.values() if isinstance(out, dict) else out
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            return v
-    raise TechniqueError(f"distill: cannot find a tensor in the output ({type(out).__name__})")
-
-
 def resolve_loss(config: Distill, teacher_out: torch.Tensor, data: Dataset) -> str:
     """What 'auto' means for this model and data; an explicit choice is checked, not changed."""
-    import numpy as np
 
     labels = data.labels
     logits = (teacher_out.ndim == 2 and teacher_out.shape[1] > 1
               and teacher_out.is_floating_point())
     if config.loss == "auto":
-        fits = (labels is not None and np.issubdtype(np.asarray(labels).dtype, np.integer)
-                and int(np.min(labels)) >= 0 and int(np.max(labels)) < teacher_out.shape[-1])
+        fits = uses_labels(teacher_out, label_tensor(labels))
         return "response" if logits and fits else "embedding"
     if config.loss == "response" and not logits:
         raise TechniqueError(f"distill: loss 'response' needs logits [batch, classes]; the "

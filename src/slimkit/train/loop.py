@@ -25,6 +25,7 @@ from torch import nn
 from slimkit.data import Dataset
 from slimkit.errors import ConfigError, TechniqueError
 from slimkit.train import checkpoint, distributed
+from slimkit.train.outputs import label_tensor
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,8 @@ def fit(module: nn.Module, loss_fn: LossFn, data: Dataset, settings: TrainSettin
     scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
     inputs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
               for k, v in data.inputs.items()}
-    labels = None
-    if data.labels is not None and np.asarray(data.labels).dtype.kind in "iub":
-        # int32 / uint8 class ids (common in .npz files) become the int64 losses expect
-        labels = torch.as_tensor(np.asarray(data.labels)).long().to(device)
-    elif data.labels is not None and np.asarray(data.labels).dtype.kind == "f":
-        labels = torch.as_tensor(np.asarray(data.labels)).to(device)
+    labels = label_tensor(data.labels)
+    labels = None if labels is None else labels.to(device)
     n = len(data)
     # `batch_size` is the global batch: the same settings take the same optimizer steps
     # whatever the number of ranks.

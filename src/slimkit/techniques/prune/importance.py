@@ -15,16 +15,10 @@ import torch
 from torch import nn
 
 from slimkit.data import Dataset
-from slimkit.techniques.distill import first_tensor
 from slimkit.techniques.prune.graph import Group
+from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
 
 Method = Literal["l1", "l2", "bn_scale", "taylor"]
-
-
-def uses_labels(out: torch.Tensor, labels: torch.Tensor | None) -> bool:
-    """Labels drive the loss only when they are class ids for a [batch, classes] output."""
-    return (labels is not None and out.ndim == 2 and labels.ndim == 1
-            and not labels.dtype.is_floating_point and int(labels.max()) < out.shape[1])
 
 
 def _gradient_batches(module: nn.Module, data: Dataset, names: list[str],
@@ -32,9 +26,7 @@ def _gradient_batches(module: nn.Module, data: Dataset, names: list[str],
     """Leave one small batch's loss gradients on the weights at a time. Scores are summed over
     batches rather than taken from one summed gradient: on data the model already fits, the
     per-example gradients mostly cancel, and their sum ranks channels by noise."""
-    labels = None if data.labels is None else torch.from_numpy(data.labels)
-    if labels is not None and not labels.dtype.is_floating_point:
-        labels = labels.long()
+    labels = label_tensor(data.labels)
     for start in range(0, len(data), size):
         module.zero_grad(set_to_none=True)
         feeds = {n: torch.from_numpy(data.inputs[n][start:start + size]) for n in names}

@@ -129,19 +129,14 @@ def training_loss(model: TorchModel, config: PruneTraining,
 
 def _logits_for(model: TorchModel, data: Dataset) -> bool:
     """Whether the model's output can take the data's labels: class scores, labels in range."""
-    import numpy as np
     import torch
 
-    from slimkit.techniques.distill import first_tensor
+    from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
 
-    labels = np.asarray(data.labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        return False
     probe = {k: torch.from_numpy(v[:2]) for k, v in data.inputs.items()}
     with torch.no_grad():
         out = first_tensor(model.module(**probe))
-    return out.ndim == 2 and out.is_floating_point() and labels.min() >= 0 \
-        and labels.max() < out.shape[1]
+    return uses_labels(out, label_tensor(data.labels))
 
 
 def fine_tune(module: nn.Module, loss: Callable[..., torch.Tensor] | None,

@@ -18,9 +18,8 @@ from torch import nn
 
 from slimkit.data import Dataset
 from slimkit.errors import TechniqueError
-from slimkit.techniques.distill import first_tensor
 from slimkit.techniques.prune.graph import Group, apply_kept, mask, unmask
-from slimkit.techniques.prune.importance import uses_labels
+from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
 
 Quality = Callable[[nn.Module], float]
 
@@ -35,9 +34,7 @@ def quality_loss(module: nn.Module, data: Dataset, names: list[str]) -> Quality:
             return torch.cat([first_tensor(m(**f)).float() for f in feeds])
 
     reference = outputs(module)
-    labels = None if data.labels is None else torch.from_numpy(data.labels)
-    if labels is not None and not labels.dtype.is_floating_point:
-        labels = labels.long()
+    labels = label_tensor(data.labels)
     by_labels = uses_labels(reference, labels)
 
     def loss(m: nn.Module) -> float:

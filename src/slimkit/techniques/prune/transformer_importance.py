@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from slimkit.data import Dataset
-from slimkit.techniques.distill import first_tensor
-from slimkit.techniques.prune.importance import uses_labels
 from slimkit.techniques.prune.transformer_surgery import EncoderLayer
+from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
 
 
 @dataclass
@@ -63,8 +62,7 @@ def token_batches(data: Dataset, names: list[str], size: int) -> Iterator[
         tuple[list[torch.Tensor], torch.Tensor | None]]:
     for start in range(0, len(data), size):
         batch = trimmed(data.slice(start, start + size))
-        labels = None if data.labels is None else torch.as_tensor(
-            data.labels[start:start + size]).long()
+        labels = None if data.labels is None else label_tensor(data.labels[start:start + size])
         yield [torch.from_numpy(np.ascontiguousarray(batch[n])) for n in names], labels
 
 

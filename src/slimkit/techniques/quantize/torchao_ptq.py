@@ -46,14 +46,11 @@ class TorchAO(TechniqueConfig):
 
 
 def _quiet() -> None:
-    """torchao probes optional CUDA extensions and pytree registrations at import and logs
-    each miss; none matters on the CPU."""
-    import logging
+    """torchao warns about CPU-irrelevant details while quantizing (its import-time log lines
+    are silenced for the whole package in `slimkit/__init__`)."""
     import warnings
 
     warnings.filterwarnings("ignore", module=r"torchao\..*")
-    warnings.filterwarnings("ignore", message=r".*register_constant.*")
-    logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 def linear_layers(module: Any) -> list[str]:
