@@ -44,6 +44,8 @@ class CandidateConfig(BaseModel):
     compile: bool = Field(False, description="torch runtime only: serve through torch.compile")
     model: ModelRef | None = Field(None, description="this candidate's own source model (a "
                                    "teacher, another student); default the recipe's model")
+    calibration: DataSpec | None = Field(None, description="this candidate's own calibration "
+                                         "and training data; default the recipe's")
 
     @field_validator("runtime")
     @classmethod

@@ -61,6 +61,16 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     results = [CandidateResult(c.name, c.runtime, c.compile) for c in recipe.candidates]
 
     sources: dict[str, tuple[Model, str]] = {}
+    calibrations: dict[str, Dataset] = {}
+
+    def calibration(cand: CandidateConfig, model: Model) -> Dataset | None:
+        if cand.calibration is None:
+            return calib
+        tag = cand.calibration.model_dump_json() + (cand.model.model_dump_json()
+                                                     if cand.model else "")
+        if tag not in calibrations:
+            calibrations[tag] = load_data(cand.calibration, model)
+        return calibrations[tag]
 
     def source(cand: CandidateConfig) -> tuple[Model, str]:
         if cand.model is None:
@@ -76,7 +86,8 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
             try:
                 model, key = source(cand)
                 res.built = build(model, key, list(cand.steps), runtime_format(cand.runtime),
-                                  cache, data=calib, threads=recipe.benchmark.threads,
+                                  cache, data=calibration(cand, model),
+                                  threads=recipe.benchmark.threads,
                                   on_step=lambda s, n=cand.name: advance(0, f"{n}: {s}"))
             except SlimkitError as e:
                 res.error = str(e)

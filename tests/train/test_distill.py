@@ -126,3 +126,38 @@ def test_unknown_feature_module_is_one_clear_error(tmp_path: Path) -> None:
     data = Dataset({"x": rows(64, 0)}, None, "d")
     with pytest.raises(TechniqueError, match=r"no module 'net\.9'"):
         distill_torch(model, Distill(features=[("net.9", "net.0")]), StepContext(tmp_path, data))
+
+
+def embed(model: TorchModel, data: Dataset) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return model.module(**{k: torch.from_numpy(v) for k, v in data.inputs.items()}).numpy()
+
+
+def test_token_hidden_states_pull_a_student_towards_its_teacher(tmp_path: Path) -> None:
+    from tests.models import token_data
+
+    data, held_out = token_data(256, seed=1), token_data(64, seed=2)
+    teacher = load_model(ModelRef(source="tests.models:tiny_bert"))
+    student = load_model(ModelRef(source="tests.models:tiny_bert", kwargs={"seed": 1}))
+    assert isinstance(teacher, TorchModel) and isinstance(student, TorchModel)
+    before = cosine(embed(student, held_out), embed(teacher, held_out))
+    config = Distill(teacher="tests.models:tiny_bert", hidden="all", epochs=3, lr=3e-3,
+                     batch_size=32)
+    out = distill_torch(student, config, StepContext(tmp_path, data))
+    assert isinstance(out, TorchModel)
+    after = cosine(embed(out, held_out), embed(teacher, held_out))
+    assert 1 - after < 0.5 * (1 - before), (before, after)
+    report = json.loads((tmp_path / "distill.json").read_text())
+    assert report["hidden_states"] == [["encoder.encoder.layer.0", "encoder.encoder.layer.0"],
+                                       ["encoder.encoder.layer.1", "encoder.encoder.layer.1"]]
+
+
+def test_hidden_all_needs_layers_of_one_depth(tmp_path: Path) -> None:
+    from tests.models import token_data
+
+    student = load_model(ModelRef(source="tests.models:tiny_bert", kwargs={"layers": 1}))
+    config = Distill(teacher="tests.models:tiny_bert", hidden="all", epochs=1)
+    with pytest.raises(TechniqueError, match="as many layers"):
+        distill_torch(student, config, StepContext(tmp_path, token_data(32)))

@@ -156,3 +156,66 @@ def test_two_ranks_under_torchrun_end_with_identical_weights(tmp_path: Path) -> 
     assert (tmp_path / "ckpt" / "checkpoint.json").is_file()
     start = load_file(str(tmp_path / "start.safetensors"))
     assert not torch.equal(start["net.0.weight"], rank0["net.0.weight"])
+
+
+def texts(n: int = 200, width: int = 24, seed: int = 0) -> Dataset:
+    """Right-padded token rows of random lengths, with a per-token feature column."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, width + 1, n)
+    mask = (np.arange(width)[None] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(1, 50, (n, width)) * mask
+    return Dataset({"ids": ids, "mask": mask, "feat": rng.standard_normal((n, width, 3))},
+                   rng.integers(0, 2, n), "texts")
+
+
+def test_token_batches_hold_similar_lengths_cut_to_their_longest_text() -> None:
+    data = texts()
+    seen: list[dict[str, torch.Tensor]] = []
+    table = nn.Embedding(50, 2)
+
+    def record(module: nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor | None
+               ) -> torch.Tensor:
+        seen.append({k: v.clone() for k, v in x.items()})
+        return module(x["ids"]).mean()
+
+    settings = TrainSettings(epochs=2, batch_size=16, mask="mask",
+                             sequence_columns=("ids", "feat"))
+    fit(table, record, data, settings)
+    lengths = data.inputs["mask"].sum(1)
+    per_epoch = len(seen) // 2
+    for epoch in (seen[:per_epoch], seen[per_epoch:]):
+        assert sum(len(b["ids"]) for b in epoch) == len(data)
+        for b in epoch:
+            longest = int(b["mask"].sum(1).max())
+            assert b["ids"].shape[1] == b["mask"].shape[1] == b["feat"].shape[1] == longest
+    # Grouped by length: the spread inside a batch is far below that of random batches.
+    spread = np.mean([float(b["mask"].sum(1).max() - b["mask"].sum(1).min()) for b in seen])
+    assert spread < 0.25 * (lengths.max() - lengths.min())
+    # Every row is seen once per epoch, and cutting lost none of its tokens.
+    rows = sorted(tuple(F.pad(row, (0, 24 - len(row))).tolist())
+                  for b in seen[:per_epoch] for row in b["ids"])
+    assert rows == sorted(tuple(r.tolist()) for r in data.inputs["ids"])
+
+
+def test_left_padding_is_never_cut_into() -> None:
+    data = texts()
+    left = Dataset({k: v[:, ::-1].copy() for k, v in data.inputs.items()}, data.labels)
+    widths: list[int] = []
+
+    def record(module: nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor | None
+               ) -> torch.Tensor:
+        widths.append(x["ids"].shape[1])
+        assert int(x["mask"].sum()) == int(torch.count_nonzero(x["ids"]))
+        return module(x["ids"]).mean()
+
+    fit(nn.Embedding(50, 2), record, left,
+        TrainSettings(epochs=1, batch_size=16, mask="mask", sequence_columns=("ids",)))
+    assert set(widths) == {24}
+
+
+def test_a_sequence_column_of_another_length_is_named() -> None:
+    data = texts()
+    bad = Dataset({**data.inputs, "feat": data.inputs["feat"][:, :5]}, data.labels)
+    with pytest.raises(ConfigError, match="'feat'"):
+        fit(nn.Embedding(50, 2), lambda m, x, y: m(x["ids"]).mean(), bad,
+            TrainSettings(epochs=1, mask="mask", sequence_columns=("feat",)))

@@ -89,6 +89,17 @@ def test_embedding_losses_by_hand() -> None:
     assert embedding_mse(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 2.0]])).item() == 2.0
 
 
+def test_hidden_state_loss_by_hand() -> None:
+    from slimkit.train.losses import hidden_state_loss
+
+    # Tokens: [3, 4] against [0, 4] -> 9 / 16; [1, 0] against [2, 0] -> 1 / 4; the third token
+    # is padding, its error of 1 left out by the mask. Mean over kept tokens: 0.40625.
+    s = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 1.0]]])
+    t = torch.tensor([[[0.0, 4.0], [2.0, 0.0], [0.0, 2.0]]])
+    assert hidden_state_loss(s, t, torch.tensor([[1, 1, 0]])).item() == pytest.approx(0.40625)
+    assert hidden_state_loss(s, t).item() == pytest.approx((9 / 16 + 1 / 4 + 1 / 4) / 3)
+
+
 def test_relational_loss_of_a_batch_too_small_to_compare_is_zero_not_nan() -> None:
     from slimkit.train.losses import relational_loss
 

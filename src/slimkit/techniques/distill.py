@@ -28,12 +28,14 @@ if TYPE_CHECKING:
 LossKind = Literal["auto", "response", "embedding", "mse", "relational", "feature"]
 REPORT = "distill.json"
 _TEACHER = "__teacher_output__"  # an extra column of the training data, never a model input
+_MASK = "attention_mask"
 
 
 class Distill(TechniqueConfig):
     technique: Literal["distill"] = "distill"
     always_shown = ("loss", "epochs")
-    version = 3  # 2: teacher outputs computed once; 3: agreement on held-out rows
+    version = 4  # 2: teacher outputs computed once; 3: agreement on held-out rows;
+    # 4: token batches grouped by length and cut to their longest text
     teacher: str = Field("source", description="'source': the unmodified source model; or a "
                                                "model reference (path or package.module:fn)")
     loss: LossKind = Field("auto", description="auto: response (mixed with labels) for logits "
@@ -46,6 +48,10 @@ class Distill(TechniqueConfig):
     feature_loss: Literal["mse", "attention"] = Field(
         "mse", description="mse through a learned adapter, or attention transfer (conv maps)")
     feature_weight: float = Field(1.0, ge=0)
+    hidden: Literal["none", "last", "all"] = Field(
+        "none", description="transformer encoders: also match every token's hidden state after "
+                            "the last layer or after each layer (student and teacher of one "
+                            "width and, for 'all', one depth)")
     epochs: int = Field(3, ge=0)
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -99,10 +105,11 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
     kind = resolve_loss(config, out, data)
     taps = _Taps(student, teacher.module, config.features)
     adapters = taps.adapters(probe, config) if config.features else None
+    hidden = _Taps(student, teacher.module, _hidden_pairs(student, teacher.module, config))
     main = _main_loss(kind, config)
 
     train_data = data
-    if not config.features:
+    if not config.features and not hidden.pairs:
         # The teacher is frozen and in eval mode, so its outputs are the same every epoch:
         # computed once, they ride along with the inputs and each step runs the student only.
         train_data = Dataset({**data.inputs, _TEACHER: _teacher_outputs(teacher.module, data,
@@ -121,6 +128,8 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
         total = main(s, t, y) if main is not None else s.new_zeros(())
         if adapters is not None:
             total = total + config.feature_weight * taps.loss(adapters, config.feature_loss)
+        if hidden.pairs:
+            total = total + config.feature_weight * hidden.hidden_loss(x.get(_MASK))
         return total
 
     agreement = _Agreement(teacher.module, view, kind == "response", config.device)
@@ -129,15 +138,17 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
                              weight_decay=config.weight_decay, seed=config.seed,
                              patience=config.patience, precision=config.precision,
                              max_minutes=config.max_minutes, checkpoint_dir=ctx.checkpoints,
-                             device=config.device)
+                             device=config.device, **_token_axis(model))
     result = fit(student, loss_fn, train_data, settings,
                  extra_params=adapters.parameters() if adapters is not None else (),
                  evaluate=agreement, title="distillation")
     taps.remove()
+    hidden.remove()
     after = agreement(student)
     student.cpu()
     atomic_write_json(ctx.workdir / REPORT, {
         "teacher": config.teacher, "loss": kind, "features": [list(f) for f in config.features],
+        "hidden_states": [list(p) for p in hidden.pairs],
         "agreement": {"measure": agreement.measure, "examples": len(view),
                       "measured_on": "held-out rows" if held else "training rows",
                       "before": before, "after": after},
@@ -146,6 +157,38 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
     })
     return TorchModel(student.eval(), model.inputs, model.tokenizer, ref=model.ref,
                       steps=[*model.steps, config.model_copy(update={"loss": kind})])
+
+
+def _token_axis(model: TorchModel) -> dict[str, Any]:
+    """Text inputs: the loop groups texts by length and cuts padding, by the attention mask
+    and the inputs that share its token axis."""
+    spec = {i.name: i.shape for i in model.inputs}
+    if _MASK not in spec or len(spec[_MASK]) < 2:
+        return {}
+    axis = spec[_MASK][1]
+    if not isinstance(axis, str):
+        return {}  # a fixed length the exported graph may rely on
+    return {"mask": _MASK, "sequence_columns": tuple(
+        n for n, shape in spec.items() if n != _MASK and len(shape) >= 2 and shape[1] == axis)}
+
+
+def _hidden_pairs(student: nn.Module, teacher: nn.Module,
+                  config: Distill) -> list[tuple[str, str]]:
+    if config.hidden == "none":
+        return []
+    from slimkit.techniques.prune.transformer_surgery import encoder_blocks
+
+    try:
+        s, t = encoder_blocks(student), encoder_blocks(teacher)
+    except TechniqueError:
+        raise TechniqueError("distill: hidden needs BERT-like encoder layers in student and "
+                             "teacher") from None
+    if config.hidden == "last":
+        return [(s[-1][0], t[-1][0])]
+    if len(s) != len(t):
+        raise TechniqueError(f"distill: hidden 'all' needs as many layers in the student as in "
+                             f"the teacher ({len(s)} and {len(t)}); use 'last'")
+    return [(a[0], b[0]) for a, b in zip(s, t, strict=True)]
 
 
 def _teacher_outputs(teacher: nn.Module, data: Dataset, config: Distill) -> Any:
@@ -258,6 +301,20 @@ class _Taps:
             total.append(attention_loss(s, t) if kind == "attention"
                          else feature_loss(adapter, s, t))  # type: ignore[arg-type]
         return sum(total[1:], total[0])
+
+    def hidden_loss(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean over the pairs of the per-token hidden-state error; the teacher side runs
+        without gradients, so it is detached."""
+        from slimkit.train.losses import hidden_state_loss
+
+        total = []
+        for s_name, t_name in self.pairs:
+            s, t = self.pair(s_name, t_name)
+            if s.shape != t.shape:
+                raise TechniqueError(f"distill: hidden states of {s_name} {list(s.shape)} and "
+                                     f"the teacher's {list(t.shape)} differ in shape")
+            total.append(hidden_state_loss(s, t.detach(), mask))
+        return sum(total[1:], total[0]) / len(total)
 
     def remove(self) -> None:
         for h in self.hooks:

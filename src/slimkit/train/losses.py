@@ -117,3 +117,20 @@ def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(student.float(), teacher.float())
+
+
+def hidden_state_loss(student: torch.Tensor, teacher: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token squared error of [batch, tokens, width] hidden states, relative to the
+    teacher's token norm, averaged over the tokens the mask keeps.
+
+    A pooled embedding gives one target per text; matching every token of every layer gives
+    hundreds, which is what lets a pruned encoder recover in minutes rather than hours. The
+    relative error keeps layers whose states differ in scale on one footing.
+    """
+    s, t = student.float(), teacher.float()
+    err = ((s - t) ** 2).sum(-1) / (t**2).sum(-1).clamp(min=1e-6)
+    if mask is None:
+        return err.mean()
+    keep = mask.to(err.dtype)
+    return (err * keep).sum() / keep.sum().clamp(min=1.0)

@@ -63,6 +63,14 @@ def encoder_layers(module: nn.Module) -> list[EncoderLayer]:
     return found
 
 
+def encoder_blocks(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The whole transformer layers (attention and FFN, the residual stream's stations), by
+    module name in forward order: where per-token hidden states can be read."""
+    inner = {id(la.attention) for la in encoder_layers(module)}
+    return [(name, m) for name, m in module.named_modules()
+            if id(getattr(getattr(m, "attention", None), "self", None)) in inner]
+
+
 def layer_macs(heads: int, ffn: int, hidden: int, head_size: int, seq: int) -> int:
     """Multiply-adds of one layer for one sequence of `seq` tokens (Linear layers and the two
     attention products; LayerNorm, softmax and biases are a rounding error)."""
