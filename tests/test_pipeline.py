@@ -234,3 +234,26 @@ def test_cast_on_torch_leaves_the_base_model_alone(tmp_path: Path) -> None:
     assert model_key(base) == key
     # what run_recipe does next with the same base: another candidate
     build(base, key, [], "onnx", Cache(tmp_path))
+
+
+def test_a_candidate_trains_on_its_own_calibration_data(tmp_path: Path) -> None:
+    from slimkit.config import parse_recipe
+    from slimkit.run import run_recipe
+
+    data = {"source": "factory", "factory": "tests.models:mlp_data", "kwargs": {"n": 64}}
+    steps = [{"distill": {"teacher": "tests.models:tiny_mlp", "epochs": 1, "batch_size": 8}}]
+    recipe = parse_recipe({
+        "name": "own-data", "model": {"source": "tests.models:tiny_mlp"},
+        "data": {**data, "limit": 8}, "calibration": data,
+        "benchmark": {"threads": 1, "rounds": 1, "latency_runs": 1, "throughput_runs": 1},
+        "candidates": [
+            {"name": "base", "runtime": "torch", "baseline": True},
+            {"name": "shared", "runtime": "torch", "steps": steps},
+            {"name": "own", "runtime": "torch", "steps": steps,
+             "calibration": {**data, "limit": 16}}],
+        "output": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache")})
+    doc = run_recipe(recipe)
+    shared, own = doc["candidates"][1:]
+    assert shared["steps"][-1]["key"] != own["steps"][-1]["key"]
+    reports = {c["name"]: c["details"]["distill"]["steps"] for c in doc["candidates"][1:]}
+    assert reports == {"shared": 8, "own": 2}  # 64 and 16 rows in batches of 8, one epoch
