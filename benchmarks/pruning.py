@@ -100,9 +100,12 @@ def minilm(claims: Claims, rounds: int | None) -> None:
     claims.add("minilm pruned+int8 on OpenVINO: >= 1.25× unpruned int8", f"{gain:.2f}×",
                gain >= 1.25)
     claims.add("minilm pruned+int8 on OpenVINO: cosine >= 0.98", f"{cos8:.4f}", cos8 >= 0.98)
-    minutes = [s["seconds"] / 60 for s in pruned["steps"] if s["step"] == "distill"]
-    if minutes:
-        print(f"         (distillation took {minutes[0]:.1f} min; limit 15)")
+    step = next(s for s in pruned["steps"] if s["step"] == "distill")
+    if step["cached"]:
+        print("         (distillation came from the cache: run with a fresh cache to time it)")
+    else:
+        minutes = step["seconds"] / 60
+        claims.add("minilm: distillation within 15 minutes", f"{minutes:.1f} min", minutes <= 15)
 
 
 def main() -> None:

@@ -219,3 +219,18 @@ def test_a_sequence_column_of_another_length_is_named() -> None:
     with pytest.raises(ConfigError, match="'feat'"):
         fit(nn.Embedding(50, 2), lambda m, x, y: m(x["ids"]).mean(), bad,
             TrainSettings(epochs=1, mask="mask", sequence_columns=("feat",)))
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero() -> None:
+    # With a constant gradient of 1, each AdamW step moves the weight by exactly its lr.
+    weight = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(weight.weight)
+    seen = [0.0]
+    data = Dataset({"x": np.ones((8, 1), np.float32)}, None)
+    fit(weight, lambda m, x, y: m.weight.sum(), data,
+        TrainSettings(epochs=1, batch_size=1, lr=0.1, schedule="linear", warmup=0.25),
+        after_step=lambda step, total: seen.append(weight.weight.item()))
+    moves = [a - b for a, b in zip(seen, seen[1:], strict=False)]
+    # 8 steps, 2 of warm-up: 1/2, 2/2, then 6/6, 5/6, ... 1/6 of lr.
+    expected = [0.05, 0.1, *(0.1 * k / 6 for k in (6, 5, 4, 3, 2, 1))]
+    assert moves == pytest.approx(expected, rel=1e-5)

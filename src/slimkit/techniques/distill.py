@@ -55,6 +55,8 @@ class Distill(TechniqueConfig):
     epochs: int = Field(3, ge=0)
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, gt=0)
+    schedule: Literal["constant", "linear"] = Field(
+        "constant", description="linear: warm up, then decay to zero over the epochs")
     weight_decay: float = Field(0.0, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     max_minutes: float | None = Field(None, gt=0)
@@ -138,6 +140,7 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
                              weight_decay=config.weight_decay, seed=config.seed,
                              patience=config.patience, precision=config.precision,
                              max_minutes=config.max_minutes, checkpoint_dir=ctx.checkpoints,
+                             schedule=config.schedule,
                              device=config.device, **_token_axis(model))
     result = fit(student, loss_fn, train_data, settings,
                  extra_params=adapters.parameters() if adapters is not None else (),

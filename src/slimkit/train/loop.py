@@ -42,6 +42,10 @@ class TrainSettings:
     max_minutes: float | None = None  # per call; stops cleanly at a step boundary
     checkpoint_dir: Path | None = None  # resume from here if a checkpoint exists
     checkpoint_every: int = 50  # optimizer steps between checkpoints (also at each epoch end)
+    # "linear": warm up over `warmup` of the planned steps, then decay to zero at the last one,
+    # the usual way to fine-tune transformers; "constant" keeps `lr` throughout.
+    schedule: Literal["constant", "linear"] = "constant"
+    warmup: float = 0.06
     device: str = "cpu"
     # Token data: the name of the padding-mask input and of every other input whose axis 1 is
     # the token axis. Batches then hold texts of similar length and are cut to their longest text,
@@ -123,7 +127,8 @@ def fit(module: nn.Module, loss_fn: LossFn, data: Dataset, settings: TrainSettin
     fingerprint = {"lr": settings.lr, "batch_size": settings.batch_size,
                    "weight_decay": settings.weight_decay, "seed": settings.seed,
                    "precision": settings.precision, "examples": n, "world": world,
-                   "params": [list(p.shape) for p in params], "mask": settings.mask}
+                   "params": [list(p.shape) for p in params], "mask": settings.mask,
+                   "schedule": [settings.schedule, settings.warmup]}
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
 
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
@@ -177,6 +182,8 @@ def fit(module: nn.Module, loss_fn: LossFn, data: Dataset, settings: TrainSettin
                                         enabled=autocast_dtype is not None):
                         loss = loss_fn(net, x, y)
                     opt.zero_grad(set_to_none=True)
+                    for group in opt.param_groups:
+                        group["lr"] = settings.lr * _lr_factor(settings, state.step, total)
                     if scaler is not None:
                         scaler.scale(loss).backward()
                         distributed.average_grads(extras)
@@ -243,6 +250,17 @@ def _end_epoch(state: _Progress, module: nn.Module, extras: list[nn.Parameter],
                            and state.bad_epochs >= settings.patience
                            and state.epoch < settings.epochs)
     return best
+
+
+def _lr_factor(settings: TrainSettings, step: int, total: int) -> float:
+    """The share of `lr` at an optimizer step: a function of the step alone, so a resumed run
+    takes the very same steps."""
+    if settings.schedule == "constant" or total <= 0:
+        return 1.0
+    warm = max(1, round(settings.warmup * total))
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (total - step) / max(1, total - warm))
 
 
 def _order(n: int, seed: int, epoch: int, world: int, rank: int,

@@ -9,6 +9,7 @@ recorded in the step, so a saved artifact rebuilds the same shapes without data.
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 from pydantic import Field
@@ -36,11 +37,13 @@ class PruneTransformer(TechniqueConfig):
     projections: int = Field(4, gt=0, description="random projections of the embedding per "
                                                   "batch when there are no labels")
     reconstruct: bool = Field(False, description="refit each layer's output projections by "
-                                                 "least squares on the data after pruning")
+                                                 "least squares towards the unpruned model, "
+                                                 "layer by layer, on the data")
     heads: list[int] | None = Field(None, description="kept heads per layer (recorded)")
     ffn: list[int] | None = Field(None, description="kept FFN width per layer (recorded)")
 
     always_shown = ("flops_ratio",)
+    version = 2  # 2: reconstruction layer by layer, towards the unpruned model
 
     def needs_data(self) -> bool:
         return self.importance == "taylor" or self.reconstruct
@@ -103,10 +106,7 @@ def prune_transformer_torch(model: Model, config: PruneTransformer, ctx: StepCon
     else:
         assert data is not None
         scores = taylor_scores(model.module, layers, names, data, projections=config.projections)
-    grams = None
-    if config.reconstruct:
-        assert data is not None
-        grams = rec.gram_matrices(model.module, layers, names, data)
+    original = copy.deepcopy(model.module) if config.reconstruct else None
     if config.heads is not None and config.ffn is not None:
         plan = alloc.allocate_counts(scores, config.heads, config.ffn)
     elif config.allocation == "uniform":
@@ -121,16 +121,14 @@ def prune_transformer_torch(model: Model, config: PruneTransformer, ctx: StepCon
     for i, (la, kh, kn) in enumerate(zip(layers, plan.heads, plan.neurons, strict=True)):
         row = {"layer": i, "heads_before": la.heads, "ffn_before": la.ffn,
                "flops_before": 2 * layer_macs(la.heads, la.ffn, la.hidden, la.head_size, seq)}
-        old_attn, old_ffn = rec.clone_weights(la.attn_out), rec.clone_weights(la.ffn_out)
         new = shrink(la, parents, kh, kn)
-        if grams is not None and len(kh) < row["heads_before"]:
-            rec.refit(new.attn_out, *old_attn, grams[i][0], rec.head_columns(kh, la.head_size))
-        if grams is not None and len(kn) < row["ffn_before"]:
-            rec.refit(new.ffn_out, *old_ffn, grams[i][1], kn)
         rows.append({**row, "heads_after": new.heads, "ffn_after": new.ffn,
                      "flops_after": 2 * layer_macs(new.heads, new.ffn, new.hidden,
                                                    new.head_size, seq),
                      "heads_kept": kh})
+    if original is not None:
+        assert data is not None
+        rec.reconstruct(model.module, original, names, data)
     layers = encoder_layers(model.module)
     after = encoder_flops(layers, seq)
     atomic_write_json(ctx.workdir / "pruning.json", {
