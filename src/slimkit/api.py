@@ -194,7 +194,11 @@ def prune(model: str, data: DataSpec, *, options: PruneOptions | None = None) ->
     opts = options or PruneOptions()
     steps: list[dict[str, Any]] = [{opts.method: dict(opts.settings)}]
     if opts.distill is not None:
-        steps.append({"distill": dict(opts.distill)})
+        # A pruned encoder keeps its width and depth, so every token's hidden state after each
+        # layer can be matched: far more signal per text than the pooled output alone.
+        usual = {"hidden": "all", "schedule": "linear"} if opts.method == "prune_transformer" \
+            else {}
+        steps.append({"distill": {**usual, **opts.distill}})
     return _versus(model, data, opts, opts.method, steps)
 
 

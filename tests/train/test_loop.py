@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -230,7 +231,7 @@ def test_linear_schedule_warms_up_then_decays_to_zero() -> None:
     fit(weight, lambda m, x, y: m.weight.sum(), data,
         TrainSettings(epochs=1, batch_size=1, lr=0.1, schedule="linear", warmup=0.25),
         after_step=lambda step, total: seen.append(weight.weight.item()))
-    moves = [a - b for a, b in zip(seen, seen[1:], strict=False)]
+    moves = [a - b for a, b in itertools.pairwise(seen)]
     # 8 steps, 2 of warm-up: 1/2, 2/2, then 6/6, 5/6, ... 1/6 of lr.
     expected = [0.05, 0.1, *(0.1 * k / 6 for k in (6, 5, 4, 3, 2, 1))]
     assert moves == pytest.approx(expected, rel=1e-5)

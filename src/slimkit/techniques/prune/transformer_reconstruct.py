@@ -11,6 +11,10 @@ pruned dense(x_p) is dense_o(x_o) + r_o - r_p. So each layer also absorbs, as fa
 map can, the drift that the layers before it pass on. Refitting every layer on the unpruned
 inputs instead, independently, made all-MiniLM-L6-v2 worse at 65% of the FLOPs (mean cosine
 0.71 against 0.80 without a refit): the refitted weights amplified the upstream deviations.
+Layer by layer it reaches 0.90 at 68% of the FLOPs, against 0.83 without: the better choice
+when there is no time to train. Followed by distillation it is not: three minutes of it from
+the refitted model reached 0.935, from the plain pruned one 0.955, so recipes that distil
+leave it off.
 """
 
 from __future__ import annotations
