@@ -145,6 +145,21 @@ def tiny_bert(layers: int = 2, heads: int = 4, hidden: int = 32, ffn: int = 64,
     return TorchModel(MeanPoolEmbedder(transformers.BertModel(config)).eval(), list(TEXT_INPUTS))
 
 
+class _Tokens(torch.nn.Module):
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def tiny_bert_tokens(seed: int = 0) -> TorchModel:
+    """tiny_bert without pooling: one output vector per token."""
+    model = tiny_bert(seed=seed)
+    return TorchModel(_Tokens(model.module.encoder).eval(), model.inputs)
+
+
 def token_data(n: int = 24, seq: int = 16, vocab: int = 120, seed: int = 0) -> Dataset:
     """Random token ids with padded tails of random length, as a tokenizer would give."""
     rng = np.random.default_rng(seed)

@@ -142,7 +142,8 @@ class PruneOptions(CompareOptions):
                         "prune_magnitude or prune_semi_structured")
     distill: dict[str, Any] | None = Field(
         default_factory=dict, description="options of the distillation that recovers quality "
-        "after pruning; None prunes only")
+        "after pruning (after prune_transformer: hidden all, schedule linear unless set); "
+        "None prunes only")
 
 
 class DistillOptions(CompareOptions):

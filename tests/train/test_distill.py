@@ -161,3 +161,13 @@ def test_hidden_all_needs_layers_of_one_depth(tmp_path: Path) -> None:
     config = Distill(teacher="tests.models:tiny_bert", hidden="all", epochs=1)
     with pytest.raises(TechniqueError, match="as many layers"):
         distill_torch(student, config, StepContext(tmp_path, token_data(32)))
+
+
+def test_per_token_outputs_keep_their_padding_and_train(tmp_path: Path) -> None:
+    from tests.models import token_data
+
+    student = load_model(ModelRef(source="tests.models:tiny_bert_tokens", kwargs={"seed": 1}))
+    config = Distill(teacher="tests.models:tiny_bert_tokens", epochs=1, batch_size=8)
+    out = distill_torch(student, config, StepContext(tmp_path, token_data(32)))
+    assert isinstance(out, TorchModel) and out.steps[-1].loss == "embedding"
+    assert json.loads((tmp_path / "distill.json").read_text())["steps"] == 4

@@ -47,7 +47,8 @@ class Distill(TechniqueConfig):
         default_factory=list, description="[student module, teacher module] pairs to match")
     feature_loss: Literal["mse", "attention"] = Field(
         "mse", description="mse through a learned adapter, or attention transfer (conv maps)")
-    feature_weight: float = Field(1.0, ge=0)
+    feature_weight: float = Field(1.0, ge=0, description="weight of the feature and hidden-state "
+                                                         "terms against the main loss")
     hidden: Literal["none", "last", "all"] = Field(
         "none", description="transformer encoders: also match every token's hidden state after "
                             "the last layer or after each layer (student and teacher of one "
@@ -56,7 +57,7 @@ class Distill(TechniqueConfig):
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, gt=0)
     schedule: Literal["constant", "linear"] = Field(
-        "constant", description="linear: warm up, then decay to zero over the epochs")
+        "constant", description="linear: warm up, then decay towards zero over the epochs")
     weight_decay: float = Field(0.0, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     max_minutes: float | None = Field(None, gt=0)
@@ -106,47 +107,53 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
         out = first_tensor(teacher.module(**probe))
     kind = resolve_loss(config, out, data)
     taps = _Taps(student, teacher.module, config.features)
-    adapters = taps.adapters(probe, config) if config.features else None
-    hidden = _Taps(student, teacher.module, _hidden_pairs(student, teacher.module, config))
-    main = _main_loss(kind, config)
+    hidden = _Taps(student, teacher.module, [])
+    try:
+        adapters = taps.adapters(probe, config) if config.features else None
+        hidden = _Taps(student, teacher.module,
+                       _hidden_pairs(student, teacher.module, config))
+        main = _main_loss(kind, config)
+        # Per-token outputs are compared whole, so their padding stays; pooled ones cut it.
+        token_axis = _token_axis(model) if out.ndim < 3 else {}
 
-    train_data = data
-    if not config.features and not hidden.pairs:
-        # The teacher is frozen and in eval mode, so its outputs are the same every epoch:
-        # computed once, they ride along with the inputs and each step runs the student only.
-        train_data = Dataset({**data.inputs, _TEACHER: _teacher_outputs(teacher.module, data,
-                                                                         config)},
-                             data.labels, data.name)
+        train_data = data
+        if not config.features and not hidden.pairs:
+            # The teacher is frozen and in eval mode, so its outputs are the same every epoch:
+            # computed once, they ride along with the inputs and each step runs the student only.
+            train_data = Dataset({**data.inputs, _TEACHER: _teacher_outputs(teacher.module, data,
+                                                                             config)},
+                                 data.labels, data.name)
 
-    def loss_fn(net: nn.Module, x: dict[str, torch.Tensor],
-                y: torch.Tensor | None) -> torch.Tensor:
-        cached = x.pop(_TEACHER, None)
-        s = first_tensor(net(**x))
-        if cached is not None:
-            t = cached
-        else:
-            with torch.no_grad():
-                t = first_tensor(teacher.module(**x))
-        total = main(s, t, y) if main is not None else s.new_zeros(())
-        if adapters is not None:
-            total = total + config.feature_weight * taps.loss(adapters, config.feature_loss)
-        if hidden.pairs:
-            total = total + config.feature_weight * hidden.hidden_loss(x.get(_MASK))
-        return total
+        def loss_fn(net: nn.Module, x: dict[str, torch.Tensor],
+                    y: torch.Tensor | None) -> torch.Tensor:
+            cached = x.pop(_TEACHER, None)
+            s = first_tensor(net(**x))
+            if cached is not None:
+                t = cached
+            else:
+                with torch.no_grad():
+                    t = first_tensor(teacher.module(**x))
+            total = main(s, t, y) if main is not None else s.new_zeros(())
+            if adapters is not None:
+                total = total + config.feature_weight * taps.loss(adapters, config.feature_loss)
+            if hidden.pairs:
+                total = total + config.feature_weight * hidden.hidden_loss(x.get(_MASK))
+            return total
 
-    agreement = _Agreement(teacher.module, view, kind == "response", config.device)
-    before = agreement(student.to(config.device).eval())
-    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                             weight_decay=config.weight_decay, seed=config.seed,
-                             patience=config.patience, precision=config.precision,
-                             max_minutes=config.max_minutes, checkpoint_dir=ctx.checkpoints,
-                             schedule=config.schedule,
-                             device=config.device, **_token_axis(model))
-    result = fit(student, loss_fn, train_data, settings,
-                 extra_params=adapters.parameters() if adapters is not None else (),
-                 evaluate=agreement, title="distillation")
-    taps.remove()
-    hidden.remove()
+        agreement = _Agreement(teacher.module, view, kind == "response", config.device)
+        before = agreement(student.to(config.device).eval())
+        settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                                 weight_decay=config.weight_decay, seed=config.seed,
+                                 patience=config.patience, precision=config.precision,
+                                 max_minutes=config.max_minutes, checkpoint_dir=ctx.checkpoints,
+                                 schedule=config.schedule,
+                                 device=config.device, **token_axis)
+        result = fit(student, loss_fn, train_data, settings,
+                     extra_params=adapters.parameters() if adapters is not None else (),
+                     evaluate=agreement, title="distillation")
+    finally:
+        taps.remove()
+        hidden.remove()
     after = agreement(student)
     student.cpu()
     atomic_write_json(ctx.workdir / REPORT, {

@@ -42,7 +42,7 @@ class TrainSettings:
     max_minutes: float | None = None  # per call; stops cleanly at a step boundary
     checkpoint_dir: Path | None = None  # resume from here if a checkpoint exists
     checkpoint_every: int = 50  # optimizer steps between checkpoints (also at each epoch end)
-    # "linear": warm up over `warmup` of the planned steps, then decay to zero at the last one,
+    # "linear": warm up over `warmup` of the planned steps, then decay to zero after the last,
     # the usual way to fine-tune transformers; "constant" keeps `lr` throughout.
     schedule: Literal["constant", "linear"] = "constant"
     warmup: float = 0.06
@@ -128,7 +128,8 @@ def fit(module: nn.Module, loss_fn: LossFn, data: Dataset, settings: TrainSettin
                    "weight_decay": settings.weight_decay, "seed": settings.seed,
                    "precision": settings.precision, "examples": n, "world": world,
                    "params": [list(p.shape) for p in params], "mask": settings.mask,
-                   "schedule": [settings.schedule, settings.warmup]}
+                   "sequence_columns": list(settings.sequence_columns),
+                   "schedule": [settings.schedule, settings.warmup, total]}
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
 
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
@@ -171,7 +172,7 @@ def fit(module: nn.Module, loss_fn: LossFn, data: Dataset, settings: TrainSettin
             advance(state.step, "resumed" if state.step else "")
             while state.epoch < settings.epochs and not state.stopped_early:
                 order = _order(n, settings.seed, state.epoch, world, rank, lengths,
-                               settings.batch_size)
+                               local_batch * world)
                 module.train()
                 mark = time.monotonic()
                 for b in range(state.batch, steps_per_epoch):
@@ -268,8 +269,9 @@ def _order(n: int, seed: int, epoch: int, world: int, rank: int,
     """This rank's share of the epoch's shuffled indices, padded by wrapping so every rank
     takes the same number of steps (DDP needs them in lockstep).
 
-    With `lengths`, each window of 64 batches is sorted by length and the batches are then
-    shuffled, so a batch holds texts of similar length while the epoch stays random."""
+    With `lengths`, each window of 64 steps' rows (`batch_size` is all ranks' rows of a step) is
+    sorted by length and the steps are then shuffled, so a step holds texts of similar length
+    while the epoch stays random."""
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(n, generator=gen)
     if lengths is not None:

@@ -48,9 +48,9 @@ def reconstruct(pruned: nn.Module, original: nn.Module, names: list[str], data: 
 
 def _inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the dense layer's input, the residual) of a BERT output block, however it is called."""
-    values = [*args, *kwargs.values()]
-    return values[0], values[1]
+    """(the dense layer's input, the residual) of a BERT output block, by position or name."""
+    bound = dict(zip(("hidden_states", "input_tensor"), args, strict=False)) | kwargs
+    return bound["hidden_states"], bound["input_tensor"]
 
 
 def _capture(model: nn.Module, block: nn.Module, inputs: list[torch.Tensor]
