@@ -304,8 +304,9 @@ def _lengths(data: Dataset, settings: TrainSettings) -> torch.Tensor | None:
 
 
 def _trim(x: dict[str, torch.Tensor], settings: TrainSettings) -> dict[str, torch.Tensor]:
-    """Cut the token axis to the batch's last used position; masked positions beyond it
-    change nothing that the mask lets through."""
+    """Cut the token axis to the batch's last used position. A model that honours its mask
+    computes the same values at the kept positions, so only pooled or per-token-masked losses
+    should train on cut batches (distill keeps per-token outputs whole)."""
     if settings.mask is None:
         return x
     used = (x[settings.mask] != 0).any(0).nonzero()
