@@ -177,7 +177,7 @@ def _token_axis(model: TorchModel) -> dict[str, Any]:
         return {}
     axis = spec[_MASK][1]
     if not isinstance(axis, str):
-        return {}  # a fixed length the exported graph may rely on
+        return {}  # a fixed length: the model may depend on it
     return {"mask": _MASK, "sequence_columns": tuple(
         n for n, shape in spec.items() if n != _MASK and len(shape) >= 2 and shape[1] == axis)}
 
