@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from slimkit.train import TrainSettings, fit
 from tests.models import MLP
-from tests.train.test_loop import learnable
+from tests.train.test_loop import learnable, texts
 
 
 def main(out: Path) -> None:
@@ -34,6 +34,23 @@ def main(out: Path) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     save_file({k: v.contiguous() for k, v in module.state_dict().items()},
               str(out / f"rank{rank}.safetensors"))
+
+    # Token rows grouped by length and cut, with a linear schedule: ranks stay in lockstep.
+    torch.manual_seed(7)
+    table = torch.nn.Embedding(50, 4)
+    widths: list[int] = []
+
+    def spread(m: torch.nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor | None
+               ) -> torch.Tensor:
+        widths.append(x["ids"].shape[1])
+        return m(x["ids"]).pow(2).mean() * x["ids"].shape[1]
+
+    fit(table, spread, texts(), TrainSettings(epochs=1, lr=1e-2, batch_size=16,
+                                              schedule="linear", mask="mask",
+                                              sequence_columns=("ids",)))
+    save_file({"weight": table.weight.detach().contiguous()},
+              str(out / f"text{rank}.safetensors"))
+    (out / f"widths{rank}.json").write_text(json.dumps(widths))
     if rank == 0:
         save_file(start, str(out / "start.safetensors"))
         (out / "result.json").write_text(json.dumps({"world": world, "steps": result.steps,

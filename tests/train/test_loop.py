@@ -157,6 +157,11 @@ def test_two_ranks_under_torchrun_end_with_identical_weights(tmp_path: Path) -> 
     assert (tmp_path / "ckpt" / "checkpoint.json").is_file()
     start = load_file(str(tmp_path / "start.safetensors"))
     assert not torch.equal(start["net.0.weight"], rank0["net.0.weight"])
+    text0, text1 = (load_file(str(tmp_path / f"text{r}.safetensors")) for r in (0, 1))
+    assert_same(text0, text1)
+    widths = [json.loads((tmp_path / f"widths{r}.json").read_text()) for r in (0, 1)]
+    assert len(widths[0]) == len(widths[1]) == 13  # 200 rows, 16 per step across both ranks
+    assert min(widths[0]) < 24  # batches were cut
 
 
 def texts(n: int = 200, width: int = 24, seed: int = 0) -> Dataset:
