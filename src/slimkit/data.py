@@ -210,6 +210,13 @@ def _load_texts(path: Path, spec: DataSpec, model: Model) -> Dataset:
     return Dataset(arrays, y, path.name)
 
 
+def token_lengths(mask: np.ndarray) -> np.ndarray:
+    """Per row, one past the last position a padding mask uses (0 for an empty row): the
+    width a batch of such rows can be cut to, whether padded on the right or the left."""
+    used = np.asarray(mask) != 0
+    return np.where(used.any(1), used.shape[1] - used[:, ::-1].argmax(1), 0)
+
+
 def tokenize(texts: list[str], tokenizer: str, max_length: int,
              names: list[str]) -> dict[str, np.ndarray]:
     from transformers import AutoTokenizer

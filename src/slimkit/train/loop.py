@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.data import Dataset
+from slimkit.data import Dataset, token_lengths
 from slimkit.errors import ConfigError, TechniqueError
 from slimkit.train import checkpoint, distributed
 from slimkit.train.outputs import label_tensor
@@ -176,8 +176,11 @@ def fit(module: nn.Module, loss_fn: LossFn, data: Dataset, settings: TrainSettin
                 module.train()
                 mark = time.monotonic()
                 for b in range(state.batch, steps_per_epoch):
-                    idx = order[b * local_batch:(b + 1) * local_batch].to(device)
-                    x = _trim({k: v[idx] for k, v in inputs.items()}, settings)
+                    rows = order[b * local_batch:(b + 1) * local_batch]
+                    idx = rows.to(device)
+                    x = {k: v[idx] for k, v in inputs.items()}
+                    if lengths is not None:
+                        x = _cut(x, max(1, int(lengths[rows].max())), settings)
                     y = None if labels is None else labels[idx]
                     with torch.autocast("cuda" if cuda else "cpu", dtype=autocast_dtype,
                                         enabled=autocast_dtype is not None):
@@ -298,23 +301,19 @@ def _lengths(data: Dataset, settings: TrainSettings) -> torch.Tensor | None:
         column = data.inputs.get(name)
         if column is None or column.ndim < 2 or column.shape[1] != mask.shape[1]:
             raise ConfigError(f"training: {name!r} is not a [rows, {mask.shape[1]}, ...] input")
-    # The last used position, not the count: correct for left padding too.
-    used = np.asarray(mask) != 0
-    return torch.from_numpy(np.where(used.any(1), used.shape[1] - used[:, ::-1].argmax(1), 0))
+    return torch.from_numpy(token_lengths(mask))
 
 
-def _trim(x: dict[str, torch.Tensor], settings: TrainSettings) -> dict[str, torch.Tensor]:
+def _cut(x: dict[str, torch.Tensor], width: int, settings: TrainSettings
+         ) -> dict[str, torch.Tensor]:
     """Cut the token axis to the batch's last used position. A model that honours its mask
     computes the same values at the kept positions, so only pooled or per-token-masked losses
     should train on cut batches (distill keeps per-token outputs whole)."""
-    if settings.mask is None:
+    assert settings.mask is not None
+    if width == x[settings.mask].shape[1]:
         return x
-    used = (x[settings.mask] != 0).any(0).nonzero()
-    keep = int(used.max()) + 1 if len(used) else 1
-    if keep == x[settings.mask].shape[1]:
-        return x
-    cut = {settings.mask, *settings.sequence_columns}
-    return {k: v[:, :keep] if k in cut else v for k, v in x.items()}
+    columns = {settings.mask, *settings.sequence_columns}
+    return {k: v[:, :width] if k in columns else v for k, v in x.items()}
 
 
 def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

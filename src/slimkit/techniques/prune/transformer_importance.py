@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.data import Dataset
+from slimkit.data import Dataset, token_lengths
 from slimkit.techniques.prune.transformer_surgery import EncoderLayer
 from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
 
@@ -53,7 +53,7 @@ def trimmed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     mask = batch.get("attention_mask")
     if mask is None or mask.ndim != 2:
         return batch
-    used = int(mask.any(0).nonzero()[0].max()) + 1 if mask.any() else mask.shape[1]
+    used = int(token_lengths(mask).max()) or mask.shape[1]
     return {k: v[:, :used] if v.ndim == 2 and v.shape[1] == mask.shape[1] else v
             for k, v in batch.items()}
 
