@@ -126,7 +126,8 @@ def load_data(split: str = "test", max_length: int = 128, **_: object) -> Datase
         texts = texts[cut:]
     elif split == "train":
         held_out = set(texts[cut:])
-        extra = dict.fromkeys(paragraphs(modules=_TRAIN_MODULES) + documentation_paragraphs())
+        extra = dict.fromkeys(paragraphs(modules=_MODULES) + paragraphs(modules=_TRAIN_MODULES)
+                              + documentation_paragraphs())
         texts = texts[:cut] + [t for t in extra if t not in held_out]
     elif split != "all":
         raise DataError(f"minilm: unknown split {split!r} (calibration, train, test, all)")

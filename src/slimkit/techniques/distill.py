@@ -17,6 +17,7 @@ from slimkit.errors import TechniqueError
 from slimkit.io import atomic_write_json
 from slimkit.model import Model, TorchModel, load_model
 from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.techniques.teacher_cache import OUTPUT, teacher_columns
 from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
 
 if TYPE_CHECKING:
@@ -27,15 +28,14 @@ if TYPE_CHECKING:
 
 LossKind = Literal["auto", "response", "embedding", "mse", "relational", "feature"]
 REPORT = "distill.json"
-_TEACHER = "__teacher_output__"  # an extra column of the training data, never a model input
 _MASK = "attention_mask"
 
 
 class Distill(TechniqueConfig):
     technique: Literal["distill"] = "distill"
     always_shown = ("loss", "epochs")
-    version = 4  # 2: teacher outputs computed once; 3: agreement on held-out rows;
-    # 4: token batches grouped by length and cut to their longest text
+    version = 5  # 2: teacher outputs computed once; 3: agreement on held-out rows;
+    # 4: token batches grouped by length and cut to their longest text; 5: hidden states too
     teacher: str = Field("source", description="'source': the unmodified source model; or a "
                                                "model reference (path or package.module:fn)")
     loss: LossKind = Field("auto", description="auto: response (mixed with labels) for logits "
@@ -60,6 +60,9 @@ class Distill(TechniqueConfig):
         "constant", description="linear: warm up, then decay towards zero over the epochs")
     weight_decay: float = Field(0.0, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    teacher_cache_gb: float = Field(8.0, ge=0, description="memory the teacher's token states, "
+                                    "computed once, may take (as float16); beyond it the "
+                                    "teacher runs at every step")
     max_minutes: float | None = Field(None, gt=0)
     patience: int | None = Field(None, gt=0, description="stop after this many epochs without "
                                                          "better agreement with the teacher")
@@ -116,28 +119,33 @@ def distill_torch(model: Model, config: Distill, ctx: StepContext) -> Model:
         # Per-token outputs are compared whole, so their padding stays; pooled ones cut it.
         token_axis = _token_axis(model) if out.ndim < 3 else {}
 
-        train_data = data
-        if not config.features and not hidden.pairs:
-            # The teacher is frozen and in eval mode, so its outputs are the same every epoch:
-            # computed once, they ride along with the inputs and each step runs the student only.
-            train_data = Dataset({**data.inputs, _TEACHER: _teacher_outputs(teacher.module, data,
-                                                                             config)},
-                                 data.labels, data.name)
+        # Without adapters the teacher is only ever run to read its outputs: computed once, they
+        # ride along with the inputs and each step runs the student alone.
+        cached = None if config.features else teacher_columns(
+            lambda x: (first_tensor(teacher.module(**x)), hidden.teacher_states()), data,
+            config.device, config.teacher_cache_gb * 2**30, precision=config.precision,
+            **token_axis)
+        train_data, states = data, []
+        if cached is not None:
+            train_data = Dataset({**data.inputs, **cached}, data.labels, data.name)
+            states = [c for c in cached if c != OUTPUT]
+            if token_axis:
+                token_axis["sequence_columns"] += tuple(states)
 
         def loss_fn(net: nn.Module, x: dict[str, torch.Tensor],
                     y: torch.Tensor | None) -> torch.Tensor:
-            cached = x.pop(_TEACHER, None)
+            t = x.pop(OUTPUT, None)
+            targets = [x.pop(c) for c in states] or None
             s = first_tensor(net(**x))
-            if cached is not None:
-                t = cached
-            else:
+            if t is None:
                 with torch.no_grad():
                     t = first_tensor(teacher.module(**x))
             total = main(s, t, y) if main is not None else s.new_zeros(())
             if adapters is not None:
                 total = total + config.feature_weight * taps.loss(adapters, config.feature_loss)
             if hidden.pairs:
-                total = total + config.feature_weight * hidden.hidden_loss(x.get(_MASK))
+                total = total + config.feature_weight * hidden.hidden_loss(x.get(_MASK),
+                                                                           targets)
             return total
 
         agreement = _Agreement(teacher.module, view, kind == "response", config.device)
@@ -199,21 +207,6 @@ def _hidden_pairs(student: nn.Module, teacher: nn.Module,
         raise TechniqueError(f"distill: hidden 'all' needs as many layers in the student as in "
                              f"the teacher ({len(s)} and {len(t)}); use 'last'")
     return [(a[0], b[0]) for a, b in zip(s, t, strict=True)]
-
-
-def _teacher_outputs(teacher: nn.Module, data: Dataset, config: Distill) -> Any:
-    import numpy as np
-    import torch
-
-    from slimkit.progress import progress_bar
-
-    outs = []
-    with torch.no_grad(), progress_bar("teacher outputs", total=len(data)) as advance:
-        for batch in data.batches(max(config.batch_size, 64)):
-            x = {k: torch.from_numpy(v).to(config.device) for k, v in batch.items()}
-            outs.append(first_tensor(teacher(**x)).float().cpu().numpy())
-            advance(len(next(iter(batch.values()))))
-    return np.concatenate(outs)
 
 
 def _teacher(model: TorchModel, config: Distill) -> TorchModel:
@@ -312,14 +305,19 @@ class _Taps:
                          else feature_loss(adapter, s, t))  # type: ignore[arg-type]
         return sum(total[1:], total[0])
 
-    def hidden_loss(self, mask: torch.Tensor | None) -> torch.Tensor:
-        """Mean over the pairs of the per-token hidden-state error; the teacher side runs
-        without gradients, so it is detached."""
+    def teacher_states(self) -> list[torch.Tensor]:
+        return [first_tensor(self.seen[("t", t)]) for _, t in self.pairs]
+
+    def hidden_loss(self, mask: torch.Tensor | None,
+                    cached: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Mean over the pairs of the per-token hidden-state error against the teacher's states
+        (`cached` in pair order, else those its hooks kept; detached either way)."""
         from slimkit.train.losses import hidden_state_loss
 
         total = []
-        for s_name, t_name in self.pairs:
-            s, t = self.pair(s_name, t_name)
+        for i, (s_name, t_name) in enumerate(self.pairs):
+            s, t = self.pair(s_name, t_name) if cached is None else (
+                first_tensor(self.seen[("s", s_name)]), cached[i])
             if s.shape != t.shape:
                 raise TechniqueError(f"distill: hidden states of {s_name} {list(s.shape)} and "
                                      f"the teacher's {list(t.shape)} differ in shape")
