@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,15 +13,16 @@ import torch
 from slimkit.model import ModelRef, TorchModel, load_model
 from slimkit.registry import StepContext
 from slimkit.techniques.distill import Distill, distill_torch
-from slimkit.techniques.teacher_cache import HIDDEN, OUTPUT, teacher_columns
+from slimkit.techniques.teacher_cache import HIDDEN, OUTPUT, RunTeacher, teacher_columns
 from slimkit.train.outputs import first_tensor
 from tests.models import tiny_bert, token_data
 
 
-def _run(module: torch.nn.Module):
+def _run(module: torch.nn.Module) -> tuple[RunTeacher, list[Any]]:
     layers = module.encoder.encoder.layer
     seen: list[torch.Tensor] = []
-    hooks = [la.register_forward_hook(lambda _m, _a, out: seen.append(first_tensor(out))) for la in layers]
+    hooks = [la.register_forward_hook(lambda _m, _a, out: seen.append(first_tensor(out)))
+             for la in layers]
 
     def run(x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         seen.clear()

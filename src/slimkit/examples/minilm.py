@@ -116,8 +116,9 @@ def documentation_paragraphs(min_words: int = 20) -> list[str]:
 
 def load_data(split: str = "test", max_length: int = 128, **_: object) -> Dataset:
     """`calibration` is the first quarter of the shuffled paragraphs, `test` the rest;
-    `train` is the calibration quarter plus prose from elsewhere (other modules, Python's
-    reference documentation, package docstrings), for distillation: none of it is in `test`."""
+    `train` is the calibration quarter plus more prose for distillation: the methods' docstrings
+    of the same modules (same vocabulary, other paragraphs), other modules, Python's reference
+    documentation and package docstrings. No paragraph of `test` is in it."""
     texts = paragraphs()
     cut = len(texts) // 4
     if split == "calibration":
