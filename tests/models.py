@@ -167,3 +167,8 @@ def token_data(n: int = 24, seq: int = 16, vocab: int = 120, seed: int = 0) -> D
     lengths = rng.integers(4, seq + 1, n)
     mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
     return Dataset({"input_ids": ids * mask, "attention_mask": mask}, None, "tokens")
+
+
+def broken_model() -> TorchModel:
+    """A factory that fails the way a bug in user code would."""
+    raise RuntimeError("broken on purpose")

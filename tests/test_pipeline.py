@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -257,3 +258,29 @@ def test_a_candidate_trains_on_its_own_calibration_data(tmp_path: Path) -> None:
     assert shared["steps"][-1]["key"] != own["steps"][-1]["key"]
     reports = {c["name"]: c["details"]["distill"]["steps"] for c in doc["candidates"][1:]}
     assert reports == {"shared": 8, "own": 2}  # 64 and 16 rows in batches of 8, one epoch
+
+
+def test_the_output_folder_holds_this_run_alone(tmp_path: Path) -> None:
+    """A candidate renamed, or failed, and an error log from an earlier run are not left
+    behind to pass as this run's."""
+    from slimkit.config import parse_recipe
+    from slimkit.run import run_recipe
+
+    def recipe(candidates: list[dict]) -> Any:
+        return parse_recipe({
+            "name": "twice", "model": {"source": "tests.models:tiny_mlp"},
+            "data": {"source": "factory", "factory": "tests.models:mlp_data", "kwargs": {"n": 8}},
+            "benchmark": {"threads": 1, "rounds": 1, "latency_runs": 1, "throughput_runs": 1},
+            "candidates": [{"name": "base", "runtime": "torch", "baseline": True}, *candidates],
+            "output": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache")})
+
+    out = tmp_path / "run"
+    run_recipe(recipe([{"name": "first", "runtime": "torch"},
+                       {"name": "broken", "runtime": "torch",
+                        "model": {"source": "tests.models:broken_model"}}]))
+    assert (out / "errors.log").is_file()
+    assert "broken on purpose" in (out / "errors.log").read_text()
+    assert sorted(p.name for p in (out / "candidates").iterdir()) == ["base", "first"]
+    run_recipe(recipe([{"name": "second", "runtime": "torch"}]))
+    assert not (out / "errors.log").exists()
+    assert sorted(p.name for p in (out / "candidates").iterdir()) == ["base", "second"]

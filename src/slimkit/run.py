@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import json
+import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +232,13 @@ def _write_run(recipe: Recipe, results: list[CandidateResult], doc: dict[str, An
     from slimkit.report import render_html, render_markdown
 
     out = recipe.output_dir
+    # The output folder describes this run alone: what an earlier run left there (a candidate
+    # since renamed or failed, an error log) would be read as this run's.
+    kept = {r.name for r in results if r.built is not None}
+    if (out / "candidates").is_dir():
+        for old in (out / "candidates").iterdir():
+            if old.is_dir() and old.name not in kept:
+                shutil.rmtree(old)
     for r in results:
         if r.built is not None:
             copy_tree(r.built.path, out / "candidates" / r.name)
@@ -238,6 +246,7 @@ def _write_run(recipe: Recipe, results: list[CandidateResult], doc: dict[str, An
     atomic_write_json(out / "results.json", doc)
     atomic_write_text(out / "report.md", render_markdown(doc))
     atomic_write_text(out / "report.html", render_html(doc))
+    (out / "errors.log").unlink(missing_ok=True)
     if errors:
         atomic_write_text(out / "errors.log", "\n\n".join(errors))
         console.print(f"[yellow]{len(errors)} unexpected error(s); details in "
