@@ -171,3 +171,33 @@ def test_per_token_outputs_keep_their_padding_and_train(tmp_path: Path) -> None:
     out = distill_torch(student, config, StepContext(tmp_path, token_data(32)))
     assert isinstance(out, TorchModel) and out.steps[-1].loss == "embedding"
     assert json.loads((tmp_path / "distill.json").read_text())["steps"] == 4
+
+
+def test_frozen_parameters_stay_the_same_and_trainable_afterwards(tmp_path: Path) -> None:
+    import torch
+
+    from tests.models import token_data
+
+    student = load_model(ModelRef(source="tests.models:tiny_bert", kwargs={"seed": 1}))
+    assert isinstance(student, TorchModel)
+    before = {n: p.detach().clone() for n, p in student.module.named_parameters()}
+    frozen = "encoder.embeddings.word_embeddings"
+    config = Distill(teacher="tests.models:tiny_bert", hidden="all", epochs=1, lr=3e-3,
+                     batch_size=16, freeze=[frozen])
+    out = distill_torch(student, config, StepContext(tmp_path, token_data(32)))
+    after = dict(out.module.named_parameters())
+    assert all(p.requires_grad for p in after.values())
+    changed = {n for n, v in before.items() if not torch.equal(after[n].detach(), v)}
+    assert f"{frozen}.weight" not in changed
+    assert "encoder.embeddings.position_embeddings.weight" in changed
+    assert "encoder.encoder.layer.0.attention.self.query.weight" in changed
+
+
+def test_freeze_naming_no_parameter_is_refused(tmp_path: Path) -> None:
+    from tests.models import token_data
+
+    student = load_model(ModelRef(source="tests.models:tiny_bert", kwargs={"seed": 1}))
+    config = Distill(teacher="tests.models:tiny_bert", epochs=1, freeze=["word_embeddings"])
+    with pytest.raises(TechniqueError, match="freeze names no parameter 'word_embeddings' "
+                                             r"\(like: encoder.embeddings.word_embeddings"):
+        distill_torch(student, config, StepContext(tmp_path, token_data(32)))

@@ -76,6 +76,7 @@ def test_hidden_distillation_with_and_without_the_cache_agree(tmp_path: Path) ->
         results.append((out.module.state_dict(), json.loads((work / "distill.json").read_text())))
     (cached, a), (live, b) = results
     assert a["steps"] == b["steps"] == 12
+    assert (a["teacher_run"], b["teacher_run"]) == ("once, before training", "at every step")
     for name, value in cached.items():
         torch.testing.assert_close(value, live[name], rtol=1e-2, atol=3e-3)
     assert abs(a["agreement"]["after"] - b["agreement"]["after"]) < 1e-3

@@ -1,11 +1,12 @@
 """A frozen teacher's outputs, computed once before distillation starts.
 
 The teacher is frozen and in eval mode, so it gives the same outputs every epoch; running it at
-every step repeats about a third of the step's work. Computed once, its outputs travel with the
-inputs as extra data columns, so the loop's shuffling, length grouping, cutting, resume and
-data-parallel split treat them like any input. Token hidden states are large (rows x tokens x
-width per layer), so they are kept as float16 (finer than bf16 autocast's own rounding) and
-only while they fit a memory cap; beyond it the teacher runs at every step as before.
+every step repeats work (a fifth of each step distilling a pruned MiniLM in bf16). Computed
+once, its outputs travel with the inputs as extra data columns, so the loop's shuffling, length
+grouping, cutting, resume and data-parallel split treat them like any input. Token hidden states
+are large (rows x tokens x width per layer), so they are kept as float16 (finer than bf16
+autocast's own rounding) and only while they fit a memory cap; beyond it the teacher runs at
+every step as before.
 """
 
 from __future__ import annotations
