@@ -217,6 +217,11 @@ def token_lengths(mask: np.ndarray) -> np.ndarray:
     return np.where(used.any(1), used.shape[1] - used[:, ::-1].argmax(1), 0)
 
 
+def cut_tokens(batch: dict[str, Any], width: int, columns: set[str]) -> dict[str, Any]:
+    """The batch with its token-axis `columns` (arrays or tensors) cut to `width`."""
+    return {k: v[:, :width] if k in columns else v for k, v in batch.items()}
+
+
 def tokenize(texts: list[str], tokenizer: str, max_length: int,
              names: list[str]) -> dict[str, np.ndarray]:
     from transformers import AutoTokenizer

@@ -21,6 +21,8 @@ from slimkit.techniques.teacher_cache import OUTPUT, teacher_columns
 from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import torch
     from torch import nn
 
@@ -194,13 +196,18 @@ def _frozen(student: nn.Module, prefixes: list[str]) -> list[nn.Parameter]:
     named = dict(student.named_parameters())
     for prefix in prefixes:
         if not any(n.startswith(prefix) for n in named):
-            close = [n for n in named if prefix.split(".")[-1] in n][:3]
             raise TechniqueError(f"distill: freeze names no parameter {prefix!r}"
-                                 + (f" (like: {', '.join(close)})" if close else ""))
+                                 + _like(prefix, named))
     fixed = [p for n, p in named.items() if p.requires_grad and n.startswith(tuple(prefixes))]
     for p in fixed:
         p.requires_grad_(False)
     return fixed
+
+
+def _like(name: str, names: Iterable[str]) -> str:
+    """Up to three names sharing the last part of a name that was not found, for the error."""
+    close = [n for n in names if n and name.split(".")[-1] in n][:3]
+    return f" (like: {', '.join(close)})" if close else ""
 
 
 def _token_axis(model: TorchModel) -> dict[str, Any]:
@@ -290,10 +297,9 @@ class _Taps:
             found = dict(module.named_modules())
             for name in names:
                 if name not in found:
-                    close = [n for n in found if n and name.split(".")[-1] in n][:3]
                     raise TechniqueError(f"distill: no module {name!r} in the "
                                          f"{'student' if side == 's' else 'teacher'}"
-                                         + (f" (like: {', '.join(close)})" if close else ""))
+                                         + _like(name, found))
                 self.hooks.append(found[name].register_forward_hook(
                     lambda _m, _a, out, key=(side, name): self.seen.__setitem__(key, out)))
 

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
+import psutil
 
-from slimkit.data import Dataset, token_lengths
+from slimkit.data import Dataset, cut_tokens, token_lengths
 
 if TYPE_CHECKING:
     import torch
@@ -27,18 +28,6 @@ _BATCH = 64
 
 # (inputs by name) -> (the teacher's main output, its hidden states in pair order)
 RunTeacher = Callable[[dict[str, "torch.Tensor"]], tuple["torch.Tensor", list["torch.Tensor"]]]
-
-
-def available_bytes() -> int | None:
-    """Memory the system can still give without swapping (Linux), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def teacher_columns(run: RunTeacher, data: Dataset, device: str, cap_bytes: float,
@@ -66,8 +55,9 @@ def teacher_columns(run: RunTeacher, data: Dataset, device: str, cap_bytes: floa
         for start in range(0, n, _BATCH):
             rows = np.sort(order[start:start + _BATCH])
             width = int(lengths[rows].max()) if lengths is not None else None
-            x = {name: column[rows][:, :width] if name in cut and width else column[rows]
-                 for name, column in data.inputs.items()}
+            x = {name: column[rows] for name, column in data.inputs.items()}
+            if width:
+                x = cut_tokens(x, width, cut)
             out, states = run({k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
                                for k, v in x.items()})
             if not columns and not _allocate(columns, n, out, states, full, cap_bytes):
@@ -86,8 +76,7 @@ def _allocate(columns: dict[str, np.ndarray], n: int, out: torch.Tensor,
     if the token states fit the cap."""
     shapes = [(n, full or s.shape[1], *s.shape[2:]) for s in states]
     need = sum(int(np.prod(shape)) * 2 for shape in shapes)
-    free = available_bytes()
-    if states and (need > cap_bytes or (free is not None and need > free / 2)):
+    if states and (need > cap_bytes or need > psutil.virtual_memory().available / 2):
         return False
     columns[OUTPUT] = np.zeros((n, *out.shape[1:]), dtype=np.float32)
     for i, shape in enumerate(shapes):

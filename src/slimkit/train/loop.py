@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.data import Dataset, token_lengths
+from slimkit.data import Dataset, cut_tokens, token_lengths
 from slimkit.errors import ConfigError, TechniqueError
 from slimkit.train import checkpoint, distributed
 from slimkit.train.outputs import label_tensor
@@ -312,8 +312,7 @@ def _cut(x: dict[str, torch.Tensor], width: int, settings: TrainSettings
     assert settings.mask is not None
     if width == x[settings.mask].shape[1]:
         return x
-    columns = {settings.mask, *settings.sequence_columns}
-    return {k: v[:, :width] if k in columns else v for k, v in x.items()}
+    return cut_tokens(x, width, {settings.mask, *settings.sequence_columns})
 
 
 def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
