@@ -27,6 +27,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The kernel path this run takes, so a result can be read against the CPU it ran on
+    (written here rather than as a report header, which `-q` hides)."""
+    from slimkit.machine import capabilities
+    from slimkit.techniques.quantize.ort_kernels import pick_int8_mode
+
+    caps = capabilities()
+    mode, why = pick_int8_mode(caps)
+    line = f"slimkit CPU path: {caps.kind()}; ONNX Runtime int8 {mode} ({why}) [{caps.source}]"
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Put SLIMKIT_CACHE back and remove the session's cache, even after `--collect-only`."""
     if _PREVIOUS_CACHE is None:

@@ -253,7 +253,7 @@ def test_every_technique_config_round_trips_through_yaml(tag: str) -> None:
 
 def test_technique_config_with_options_round_trips() -> None:
     for config in (Cast(dtype="fp16"),
-                   DynamicInt8(per_channel=False, reduce_range=True, op_types=["MatMul"])):
+                   DynamicInt8(per_channel=False, int8_mode="reduce_range", op_types=["MatMul"])):
         back = parse_step(yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json"))))
         assert back == config
         assert back != type(config)()

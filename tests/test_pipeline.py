@@ -112,7 +112,7 @@ def test_changing_an_option_changes_the_key(tmp_path: Path) -> None:
     # the shared export is reused, the changed step is not
     assert a.steps[0].key == b.steps[0].key and b.steps[0].cached
     assert not b.steps[1].cached
-    c = build(base, key, [DynamicInt8(reduce_range=True)], "onnx", Cache(tmp_path))
+    c = build(base, key, [DynamicInt8(int8_mode="u8u8")], "onnx", Cache(tmp_path))
     assert len({a.key, b.key, c.key}) == 3
 
 

@@ -72,7 +72,7 @@ def test_parse_step_errors_are_value_errors(raw: object, message: str) -> None:
 
 def test_short_lists_options() -> None:
     assert Cast(dtype="fp16").short() == "cast(dtype=fp16)"
-    assert DynamicInt8().short().startswith("dynamic_int8(per_channel=True, reduce_range=False")
+    assert DynamicInt8().short().startswith("dynamic_int8(per_channel=True, int8_mode=auto")
 
 
 def test_configs_are_frozen_and_strict() -> None:

@@ -146,6 +146,7 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
     """Apply `steps` to `base` and convert it to `target`, reusing every cached step."""
     records: list[StepRecord] = []
     model, key = base, base_key
+    steps = [s.resolve() for s in steps]
 
     def run_step(name: str, options: dict[str, Any], fmt: str, needs_data: bool,
                  make: Callable[[Path, Path], Model], version: int = 1,

@@ -46,6 +46,13 @@ class TechniqueConfig(BaseModel):
         (an accuracy budget, say); the pipeline then keys the step by the data too."""
         return False
 
+    def resolve(self) -> TechniqueConfig:
+        """This config with every machine-dependent choice (`auto`) made for this machine.
+
+        The pipeline keys, applies and records the resolved config, so an artifact built for
+        one CPU is never reused for another that would have chosen differently."""
+        return self
+
     def short(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.model_dump(exclude={"technique"}).items())
         return f"{self.technique}({opts})"

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from slimkit import __version__
-from slimkit.artifact import load_artifact
+from slimkit.artifact import is_artifact, load_artifact
 from slimkit.bench import Target, run_benchmark
 from slimkit.config import CandidateConfig, Recipe
+from slimkit.cpu_notes import step_notes
 from slimkit.data import Dataset, load_data
-from slimkit.errors import SlimkitError
+from slimkit.errors import ConfigError, SlimkitError
 from slimkit.evaluate import collect_outputs, evaluate_outputs, primary_metric
 from slimkit.io import (
     atomic_write_json,
@@ -49,9 +50,11 @@ class CandidateResult:
     details: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, float] | None = None
     bench: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what is known to lose on this CPU
 
 
 def run_recipe(recipe: Recipe) -> dict[str, Any]:
+    check_output_dir(recipe.output_dir)
     cache = Cache(Path(recipe.cache_dir) if recipe.cache_dir else None)
     base = load_model(recipe.model)
     data = load_data(recipe.data, base)
@@ -59,19 +62,38 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     calib = load_data(calib_spec, base) if calib_spec else None
     base_key = model_key(base)
     errors: list[str] = []
+    log = recipe.output_dir / ERROR_LOG
     results = [CandidateResult(c.name, c.runtime, c.compile) for c in recipe.candidates]
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        console.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+
+    for cand, res in zip(recipe.candidates, results, strict=True):
+        res.notes = step_notes(cand.steps, cand.runtime)
+        for note in res.notes:
+            warn(f"{cand.name}: {note}")
 
     sources: dict[str, tuple[Model, str]] = {}
     calibrations: dict[str, Dataset] = {}
 
     def calibration(cand: CandidateConfig, model: Model) -> Dataset | None:
         if cand.calibration is None:
-            return calib
-        tag = cand.calibration.model_dump_json() + (cand.model.model_dump_json()
-                                                     if cand.model else "")
-        if tag not in calibrations:
-            calibrations[tag] = load_data(cand.calibration, model)
-        return calibrations[tag]
+            chosen = calib
+        else:
+            tag = cand.calibration.model_dump_json() + (cand.model.model_dump_json()
+                                                         if cand.model else "")
+            if tag not in calibrations:
+                calibrations[tag] = load_data(cand.calibration, model)
+            chosen = calibrations[tag]
+        if (chosen is not None and chosen.fingerprint() == data.fingerprint()
+                and any(_reads_data(s) for s in cand.steps)):
+            text = (f"{cand.name}: calibration/training data is the evaluation data itself "
+                    f"(same fingerprint); its quality figures are not held-out")
+            if text not in warnings:
+                warn(text)
+        return chosen
 
     def source(cand: CandidateConfig) -> tuple[Model, str]:
         if cand.model is None:
@@ -93,7 +115,7 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
             except SlimkitError as e:
                 res.error = str(e)
             except Exception as e:
-                res.error = f"{type(e).__name__}: {e}"
+                res.error = internal_error(e, log)
                 errors.append(f"{cand.name}\n{traceback.format_exc()}")
             if res.built is not None:
                 res.details = technique_reports(cache, res.built)
@@ -102,8 +124,47 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     _evaluate_all(recipe, results, data, cache, errors)
     _benchmark_all(recipe, results, data)
     doc = _results_doc(recipe, results, data)
+    doc["warnings"] = warnings
     _write_run(recipe, results, doc, errors)
     return doc
+
+
+ERROR_LOG = "errors.log"
+# What slimkit writes into a run folder; anything else there is the user's and stays.
+RUN_FILES = {"recipe.yaml", "results.json", "report.md", "report.html", ERROR_LOG, "candidates"}
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse, before any work, a run folder that is a file or holds files slimkit did not
+    write: a rerun replaces its own outputs, never a user's."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out}: exists and is not a directory")
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ConfigError(f"output {out}: holds files slimkit did not write ({shown}); "
+                          f"choose an empty or new folder")
+    cands = out / "candidates"
+    if cands.exists() and (not cands.is_dir() or any(
+            not (p.is_dir() and is_artifact(p)) for p in cands.iterdir())):
+        raise ConfigError(f"output {out}: {cands} holds files that are not slimkit "
+                          f"artifacts; choose an empty or new folder")
+
+
+def internal_error(e: BaseException, log: Path) -> str:
+    """The summary's line for a slimkit bug: the exception's type, where it was raised, and
+    where the whole traceback is, never a bare message that reads like the user's fault."""
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    return f"internal error: {type(e).__name__}{where} (traceback in {log})"
+
+
+def _reads_data(step: Any) -> bool:
+    from slimkit.registry import implementations
+
+    return step.needs_data() or any(i.requires_data for i in implementations(step).values())
 
 
 def _evaluate_all(recipe: Recipe, results: list[CandidateResult], data: Dataset, cache: Cache,
@@ -144,7 +205,7 @@ def _evaluate_all(recipe: Recipe, results: list[CandidateResult], data: Dataset,
                 res.error = str(e)
                 continue
             except Exception as e:
-                res.error = f"{type(e).__name__}: {e}"
+                res.error = internal_error(e, recipe.output_dir / ERROR_LOG)
                 errors.append(f"{res.name} (evaluation)\n{traceback.format_exc()}")
                 continue
             if res.name == recipe.baseline.name:
@@ -212,6 +273,7 @@ def _results_doc(recipe: Recipe, results: list[CandidateResult], data: Dataset) 
             "ratios": ratios if r.error is None else None,
             "error": r.error,
             "details": r.details or None,
+            "cpu_notes": r.notes,
         })
     return {
         "name": recipe.name, "slimkit_version": __version__,
@@ -237,7 +299,7 @@ def _write_run(recipe: Recipe, results: list[CandidateResult], doc: dict[str, An
     kept = {r.name for r in results if r.built is not None}
     if (out / "candidates").is_dir():
         for old in (out / "candidates").iterdir():
-            if old.is_dir() and old.name not in kept:
+            if old.is_dir() and old.name not in kept and is_artifact(old):
                 shutil.rmtree(old)
     for r in results:
         if r.built is not None:
@@ -246,8 +308,8 @@ def _write_run(recipe: Recipe, results: list[CandidateResult], doc: dict[str, An
     atomic_write_json(out / "results.json", doc)
     atomic_write_text(out / "report.md", render_markdown(doc))
     atomic_write_text(out / "report.html", render_html(doc))
-    (out / "errors.log").unlink(missing_ok=True)
+    (out / ERROR_LOG).unlink(missing_ok=True)
     if errors:
-        atomic_write_text(out / "errors.log", "\n\n".join(errors))
-        console.print(f"[yellow]{len(errors)} unexpected error(s); details in "
-                      f"{out / 'errors.log'}")
+        atomic_write_text(out / ERROR_LOG, "\n\n".join(errors))
+        console.print(f"[yellow]{len(errors)} internal error(s); tracebacks in "
+                      f"{out / ERROR_LOG}")

@@ -55,10 +55,11 @@ def summary_table(doc: dict[str, Any]) -> Table:
         lat = b.get("latency_ms") or {}
         q = c.get("quality") or {}
         size = c.get("size_bytes")
-        t.add_row(name, c["runtime"], _x(r.get("throughput")), _x(r.get("latency")),
+        mark = " *" if c.get("cpu_notes") else ""  # known to lose on this CPU: see below
+        t.add_row(name, c["runtime"], _x(r.get("throughput")) + mark, _x(r.get("latency")),
                   _ms(lat.get("p50")), _ms(lat.get("p99")),
                   f"{b['throughput']:.1f}" if "throughput" in b else "-",
-                  f"{size / 2**20:.1f}" if size else "-", _x(r.get("size")),
+                  f"{size / 1e6:.1f}" if size else "-", _x(r.get("size")),
                   *[_q(k, q.get(k)) for k in qcols])
     return t
 
@@ -66,6 +67,12 @@ def summary_table(doc: dict[str, Any]) -> Table:
 def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
     console = console or stdout_console()
     console.print(summary_table(doc))
+    caps = (doc.get("machine") or {}).get("capabilities") or {}
+    for c in doc["candidates"]:
+        for note in c.get("cpu_notes") or []:
+            console.print(f"[yellow]* {c['name']}:[/yellow] {note}", highlight=False)
+    if caps.get("kind"):
+        console.print(f"CPU: {caps['kind']}", highlight=False)
     for c in doc["candidates"]:
         if c.get("error"):
             console.print(f"[red]{c['name']} failed:[/red] {c['error']}", highlight=False)

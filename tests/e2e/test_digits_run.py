@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from slimkit.machine import capabilities
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
@@ -53,6 +55,14 @@ def test_every_candidate_is_built_measured_and_accurate(digits_run: tuple[Path, 
     half = {c["name"]: c["ratios"]["size"] for c in doc["candidates"]}
     assert half["torch-bf16"] < 0.6 and half["ort-fp16"] < 0.6
     assert doc["machine"]["packages"]["onnxruntime"]
+    # the CPU's kernel-deciding features are recorded, and what is known to lose says so
+    caps = capabilities()
+    assert doc["machine"]["capabilities"]["features"] == caps.to_dict()["features"]
+    assert doc["machine"]["capabilities"]["kind"] == caps.kind()
+    notes = {c["name"]: c["cpu_notes"] for c in doc["candidates"]}
+    assert notes["ort-fp16"] and "fp16" in notes["ort-fp16"][0]
+    assert bool(notes["torch-bf16"]) == (not caps.bf16)
+    assert not notes["torch-fp32"] and not notes["ort-fp32"]
     assert [s["step"] for s in doc["candidates"][2]["steps"]] == ["export_onnx", "export_openvino"]
 
 
@@ -62,6 +72,12 @@ def test_reports_are_written(digits_run: tuple[Path, Path, Path]):
     assert "<svg" in html and "ort-fp16" in html
     md = (run / "report.md").read_text()
     assert "torch-bf16" in md
+    machine = md.split("## Machine")[1]
+    assert f"kernel path: {capabilities().kind()}" in machine
+    assert "CPU features: " + ", ".join(capabilities().to_dict()["features"]) in machine
+    warnings = md.split("## Warnings")[1].split("##")[0]
+    assert "* ort-fp16: fp16" in warnings
+    assert "ort-fp16" in html.split("Warnings")[1]
     assert not list(run.rglob("*.tmp")), "temporary files left behind"
 
 

@@ -53,7 +53,7 @@ def qat_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train, cache = digits.load_data("train"), Cache(tmp_path_factory.mktemp("qat"))
     built = {}
     for name, step in [("ptq", {"qat": {"weight_bits": 2, "epochs": 0}}),
-                       ("qat", {"qat": {"weight_bits": 2, "epochs": 3, "lr": 1e-3}})]:
+                       ("qat", {"qat": {"weight_bits": 2, "epochs": 3, "lr": 3e-4}})]:
         for runtime, fmt in [("onnxruntime", "onnx"), ("torch", "torch")]:
             built[f"{name}-{runtime}"] = build(model, model_key(model), [parse_step(step)], fmt,
                                                cache, data=train).path

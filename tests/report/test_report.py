@@ -47,7 +47,7 @@ def results() -> dict:
                      12.1, 58.3, {"throughput": 1.0, "latency": 1.0, "size": 1.0}),
             measured("ort-int8-dynamic", "onnxruntime",
                      [step("export_onnx"), step("dynamic_int8", {"per_channel": True,
-                                                                 "reduce_range": False,
+                                                                 "int8_mode": "reduce_range",
                                                                  "op_types": None})],
                      23625777, {"mean_cosine": 0.98765, "min_cosine": 0.9512,
                                 "top10_agreement": 0.9, "my_score": 7.5},
@@ -105,8 +105,8 @@ def test_markdown_table(results: dict) -> None:
     base, int8, failed = rows
     assert "**torch-fp32** (baseline)" in base
     assert "3.10×" in int8 and "2.90×" in int8 and "0.26×" in int8
-    assert "export_onnx → dynamic_int8(per_channel)" in int8
-    assert "reduce_range" not in int8 and "save" not in base
+    assert "export_onnx → dynamic_int8(per_channel, int8_mode=reduce_range)" in int8
+    assert "save" not in base
     assert "4.17" in int8 and "5.42" in int8  # p50 under 10 ms: two decimals; p99 = 4.17*1.3
     assert "15.7" in base and "90.9" in base  # p99 above 10 ms: one decimal; size in MB
     assert "0.9877" in int8 and "90.00%" in int8 and "7.5" in int8
@@ -132,7 +132,7 @@ def test_markdown_measurement_and_lineage(results: dict) -> None:
     assert "serving batch 32" in md and "AMD EPYC, 2 cores" in md
     lineage = md.split("## Lineage")[1]
     assert "0123456789ab |" in lineage and "0123456789abc" not in lineage
-    assert "dynamic_int8(per_channel)" in lineage and "| yes |" in lineage
+    assert "dynamic_int8(per_channel, int8_mode=reduce_range)" in lineage and "| yes |" in lineage
     assert "| no |" in lineage and "1.23" in lineage
     assert "failed: cast bf16" in lineage
 

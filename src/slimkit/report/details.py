@@ -42,6 +42,8 @@ def _budget_facts(report: dict[str, Any]) -> list[str]:
             facts.append(f"{key.replace('_', ' ')} on calibration data: {report[key]:.4f}")
     if report.get("trials"):
         facts.append(f"quantized and scored {report['trials']} times")
+    if report.get("int8_mode"):
+        facts.append(f"int8 operands: {report['int8_mode']} ({report.get('int8_mode_reason')})")
     if isinstance(report.get("calibration"), str):
         facts.append(f"activation ranges: {report['calibration']}")
     if report.get("fused_operators"):
@@ -112,8 +114,18 @@ def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list
     return headers, [[_cell(r.get(k)) for k in keys] for r in rows], numeric
 
 
+def notice_section(results: dict[str, Any]) -> DetailSection | None:
+    """Run warnings and what is known to lose on this CPU, marked * beside the figures."""
+    facts = [f"{w}" for w in results.get("warnings") or [] if isinstance(w, str)]
+    for cand in results.get("candidates") or []:
+        facts += [f"* {cand.get('name')}: {n}" for n in cand.get("cpu_notes") or []
+                  if f"{cand.get('name')}: {n}" not in facts]
+    return DetailSection("Warnings", facts) if facts else None
+
+
 def detail_sections(results: dict[str, Any]) -> list[DetailSection]:
-    sections = []
+    notice = notice_section(results)
+    sections = [notice] if notice else []
     for cand in results.get("candidates") or []:
         for step, report in (cand.get("details") or {}).items():
             if not isinstance(report, dict):

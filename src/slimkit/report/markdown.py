@@ -128,10 +128,17 @@ class Column:
     fmt: Callable[[Any], str] = str
     numeric: bool = True
     better: str = ""  # "higher" or "lower": lets the HTML tint ratios relative to baseline
+    mark: Callable[[dict], str] | None = None  # a footnote sign after the figure
 
     def cell(self, candidate: dict) -> str:
         value = self.value(candidate)
-        return DASH if value is None else self.fmt(value)
+        text = DASH if value is None else self.fmt(value)
+        return text + (self.mark(candidate) if self.mark and value is not None else "")
+
+
+def cpu_mark(candidate: dict) -> str:
+    """Known to lose on this CPU; the Warnings section says why."""
+    return " *" if candidate.get("cpu_notes") else ""
 
 
 # Columns shown for every candidate, even a failed one; the error takes the rest of the row.
@@ -143,7 +150,8 @@ def columns(results: dict) -> list[Column]:
         Column("Candidate", lambda c: c.get("name"), numeric=False),
         Column("Runtime", lambda c: c.get("runtime"), numeric=False),
         Column("Steps", lambda c: step_summary(c.get("steps")), numeric=False),
-        Column("Throughput ×", lambda c: dig(c, "ratios", "throughput"), fmt_ratio, True, "higher"),
+        Column("Throughput ×", lambda c: dig(c, "ratios", "throughput"), fmt_ratio, True, "higher",
+               cpu_mark),
         Column("Latency ×", lambda c: dig(c, "ratios", "latency"), fmt_ratio, True, "higher"),
         Column("p50 ms", lambda c: dig(c, "bench", "latency_ms", "p50"), fmt_ms),
         Column("p99 ms", lambda c: dig(c, "bench", "latency_ms", "p99"), fmt_ms),
@@ -284,6 +292,13 @@ def render_markdown(results: dict) -> str:
 def machine_items(results: dict) -> list[tuple[str, str]]:
     machine = results.get("machine") or {}
     items = [(k, str(machine[k])) for k in ("cpu", "cores", "os", "python") if machine.get(k)]
+    caps = machine.get("capabilities") or {}
+    if caps.get("kind"):
+        items.append(("kernel path", str(caps["kind"])))
+    if caps.get("features") is not None:
+        items.append(("CPU features", ", ".join(caps["features"]) or "none of note"))
+    for dev in caps.get("cuda") or []:
+        items.append(("CUDA", f"{dev.get('name')} (compute {dev.get('compute_capability')})"))
     packages = machine.get("packages") or {}
     if packages:
         items.append(("packages", ", ".join(f"{k} {v}" for k, v in packages.items())))

@@ -20,6 +20,12 @@ from slimkit.errors import TechniqueError
 from slimkit.model import FileModel, Model, TorchModel
 from slimkit.registry import StepContext, TechniqueConfig, technique
 from slimkit.techniques.quantize.budget import Budget
+from slimkit.techniques.quantize.ort_kernels import (
+    Int8Mode,
+    mode_report,
+    ort_type_options,
+    resolve_mode,
+)
 
 # Gather quantizes embedding tables: on MiniLM a quarter of the size instead of two thirds, at
 # the same fidelity and speed.
@@ -28,9 +34,10 @@ DEFAULT_OP_TYPES = ["MatMul", "Gemm", "Attention", "LSTM", "Gather"]
 
 class DynamicInt8(TechniqueConfig):
     technique: Literal["dynamic_int8"] = "dynamic_int8"
-    version = 2  # 2: Gather in the default operator types
+    version = 3  # 2: Gather in the default operator types; 3: int8_mode chosen by the CPU
     per_channel: bool = Field(True, description="one weight scale per output channel")
-    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI")
+    int8_mode: Int8Mode = Field("auto", description="ONNX Runtime operand types: u8s8, "
+                                "reduce_range (7-bit weights) or u8u8; auto picks by the CPU")
     op_types: list[str] | None = Field(
         None, description="ONNX op types to quantize; default MatMul, Gemm, Attention, LSTM, "
                           "Gather (embedding tables)")
@@ -40,6 +47,9 @@ class DynamicInt8(TechniqueConfig):
 
     def needs_data(self) -> bool:
         return self.budget is not None
+
+    def resolve(self) -> DynamicInt8:
+        return self.model_copy(update={"int8_mode": resolve_mode(self.int8_mode)})
 
 
 @contextlib.contextmanager
@@ -56,7 +66,7 @@ def quiet_root_logger() -> Iterator[None]:
 @technique(DynamicInt8, format="onnx", targets={"onnx"})
 def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> Model:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import quantize_dynamic
 
     from slimkit.io import atomic_write_json
     from slimkit.techniques.quantize.onnx_graph import gemm_to_matmul
@@ -73,7 +83,7 @@ def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> Mo
         with quiet_root_logger():  # it advises pre-processing on every call, via the root logger
             quantize_dynamic(
                 source, out, per_channel=config.per_channel,
-                reduce_range=config.reduce_range, weight_type=QuantType.QInt8,
+                **ort_type_options(resolve_mode(config.int8_mode)),
                 op_types_to_quantize=op_types, nodes_to_quantize=only or [],
                 nodes_to_exclude=[*config.exclude, *exclude],
                 # fused contrib operators (Attention, SkipLayerNorm) defeat its type inference
@@ -81,17 +91,19 @@ def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> Mo
             )
 
     out = ctx.workdir / "model.onnx"
+    report: dict[str, object] = mode_report(resolve_mode(config.int8_mode))
     try:
         if config.budget is None:
             quantize(out, None, [])
+            atomic_write_json(ctx.workdir / "quantization.json", report)
             return FileModel("onnx", out, model.inputs, model.tokenizer)
         if ctx.data is None:
             raise TechniqueError("dynamic_int8 with a budget needs calibration data")
         proto = onnx.load(str(source), load_external_data=False)
         nodes = [n.name for n in proto.graph.node if n.op_type in op_types
                  and n.name not in config.exclude]
-        report = quantize_within_budget(source, out, quantize, nodes, config.budget, ctx.data,
-                                        ctx.threads)
+        report.update(quantize_within_budget(source, out, quantize, nodes, config.budget,
+                                             ctx.data, ctx.threads))
     finally:
         source.unlink()
     atomic_write_json(ctx.workdir / "quantization.json", report)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slimkit.errors import TechniqueError
 from slimkit.io import atomic_write_json
@@ -24,17 +24,26 @@ from slimkit.techniques.dynamic_int8 import quiet_root_logger
 from slimkit.techniques.quantize.budget import Budget
 from slimkit.techniques.quantize.calibrate import Method, compute_range
 from slimkit.techniques.quantize.ort_budget import quantize_within_budget
+from slimkit.techniques.quantize.ort_kernels import (
+    Int8Mode,
+    mode_report,
+    ort_type_options,
+    resolve_mode,
+)
 
 REPORT = "quantization.json"
 
 
 class StaticInt8(TechniqueConfig):
     technique: Literal["static_int8"] = "static_int8"
+    version = 2  # 2: int8_mode chosen by the CPU
     always_shown = ("calibration",)
     calibration: Method = Field("percentile", description="range method for activations")
     percentile: float = Field(99.999, gt=50, le=100)
     per_channel: bool = True
     activations: Literal["uint8", "int8"] = "uint8"
+    int8_mode: Int8Mode = Field("auto", description="ONNX Runtime operand types: u8s8, "
+                                "reduce_range (7-bit weights) or u8u8; auto picks by the CPU")
     op_types: list[str] | None = Field(
         default_factory=lambda: ["MatMul", "Gemm", "Conv"],
         description="operators to quantize; null quantizes all that ONNX Runtime supports")
@@ -45,6 +54,17 @@ class StaticInt8(TechniqueConfig):
 
     def needs_data(self) -> bool:
         return True
+
+    @model_validator(mode="after")
+    def _u8u8_needs_uint8(self) -> StaticInt8:
+        if self.int8_mode == "u8u8" and self.activations != "uint8":
+            raise ValueError("int8_mode u8u8 needs activations: uint8")
+        return self
+
+    def resolve(self) -> StaticInt8:
+        # int8 activations take MLAS's s8s8 path, which has no 16-bit saturation to avoid
+        mode = "u8s8" if self.activations == "int8" else resolve_mode(self.int8_mode)
+        return self.model_copy(update={"int8_mode": mode})
 
 
 def quantizable_nodes(path: Path, op_types: list[str] | None, const_only: bool) -> list[str]:
@@ -85,6 +105,7 @@ def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Mode
         n: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
         for n, (lo, hi) in ranges.items()}), cache)
     nodes = quantizable_nodes(model.path, config.op_types, config.const_weights_only)
+    mode = config.resolve().int8_mode
 
     def quantize(out: Path, only: list[str] | None, exclude: list[str]) -> None:
         with quiet_root_logger():
@@ -93,7 +114,7 @@ def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Mode
                 op_types_to_quantize=op_types, per_channel=config.per_channel,
                 activation_type=QuantType.QUInt8 if config.activations == "uint8"
                 else QuantType.QInt8,
-                weight_type=QuantType.QInt8, nodes_to_quantize=only or [],
+                **ort_type_options(mode), nodes_to_quantize=only or [],
                 nodes_to_exclude=[*config.exclude, *exclude],
                 calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache,
                 extra_options={"MatMulConstBOnly": config.const_weights_only},
@@ -101,7 +122,7 @@ def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Mode
 
     out = ctx.workdir / "model.onnx"
     report: dict[str, object] = {"calibration": config.calibration, "layers_total": len(nodes),
-                                 "kept_float": list(config.exclude)}
+                                 "kept_float": list(config.exclude), **mode_report(mode)}
     if config.budget is None:
         quantize(out, None, [])
     else:
