@@ -12,6 +12,7 @@ import datetime as dt
 import gc
 import json
 import shutil
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,10 +154,29 @@ def check_output_dir(out: Path) -> None:
                           f"artifacts; choose an empty or new folder")
 
 
+_SLIMKIT_DIR = Path(__file__).resolve().parent
+_LIBRARY_DIRS = tuple({str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix)})
+
+
+def _user_frame(tb: traceback.StackSummary) -> traceback.FrameSummary | None:
+    """The innermost frame in the user's own code (a factory, a metric), if any."""
+    for frame in reversed(tb):
+        path = Path(frame.filename).resolve()
+        if not (path.is_relative_to(_SLIMKIT_DIR) or str(path).startswith(_LIBRARY_DIRS)
+                or frame.filename.startswith("<")):
+            return frame
+    return None
+
+
 def internal_error(e: BaseException, log: Path) -> str:
-    """The summary's line for a slimkit bug: the exception's type, where it was raised, and
-    where the whole traceback is, never a bare message that reads like the user's fault."""
+    """The summary's line for an unexpected exception: its type, where it was raised, and
+    where the whole traceback is, never a bare message such as `float division by zero`.
+    Raised inside the user's own code it says so; otherwise it is slimkit's bug."""
     tb = traceback.extract_tb(e.__traceback__)
+    user = _user_frame(tb)
+    if user is not None:
+        return (f"error in your code: {type(e).__name__}: {str(e)[:200]} at "
+                f"{Path(user.filename).name}:{user.lineno} (traceback in {log})")
     where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
     return f"internal error: {type(e).__name__}{where} (traceback in {log})"
 
