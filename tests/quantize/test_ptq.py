@@ -94,11 +94,13 @@ def test_static_int8_puts_qdq_around_matmuls_only_by_default(shared_cache_dir: P
 @pytest.mark.parametrize("technique", ["static_int8", "dynamic_int8"])
 def test_budget_keeps_the_most_sensitive_layers_in_float(technique: str, tmp_path: Path) -> None:
     model = mlp()
-    x = calib(32, seed=3).inputs["x"]
+    x = calib().inputs["x"]  # the rows the search checks its budget on
     _, plain = run(model, [{technique: {}}], "onnxruntime", tmp_path, x)
     plain_cos = cosine_mean(eager(model, x), plain)
-    # a budget just above what full quantization gives: some, not all, layers go back to float
-    target = 1 - (1 - plain_cos) / 4
+    # Half the error of full quantization: some, not all, layers go back to float. The three
+    # layers' errors roughly add up, so two in float always suffice, whether the error sits
+    # in one layer (u8s8 saturating on AVX2) or is spread evenly (7-bit weights, VNNI).
+    target = 1 - (1 - plain_cos) / 2
     built, out = run(model, [{technique: {"budget": {"min_cosine": float(target)}}}],
                      "onnxruntime", tmp_path, x)
     report = json.loads((built.path / "quantization.json").read_text())
