@@ -6,6 +6,9 @@ torch artifact can rebuild its structure from the record alone.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -172,3 +175,10 @@ def token_data(n: int = 24, seq: int = 16, vocab: int = 120, seed: int = 0) -> D
 def broken_model() -> TorchModel:
     """A factory that fails the way a bug in user code would."""
     raise RuntimeError("broken on purpose")
+
+
+def trusted(path: Path) -> Any:
+    """A test's own artifact, loaded with the trust a user gives their own folders."""
+    from slimkit.artifact import load_artifact
+
+    return load_artifact(path, trust_code=True)

@@ -18,6 +18,7 @@ from slimkit.pipeline import Cache, build, default_cache_dir, model_key, plan, s
 from slimkit.registry import StepContext
 from slimkit.techniques import Cast, DynamicInt8
 from slimkit.techniques.dynamic_int8 import dynamic_int8_torch
+from slimkit.techniques.quantize.ort_kernels import pick_int8_mode
 from tests.models import batch, eager, perturb
 
 
@@ -91,9 +92,11 @@ def test_build_lineage_and_rebuild_is_cached(tmp_path: Path) -> None:
     assert is_artifact(first.path)
     assert isinstance(first.model, FileModel) and first.model.format == "onnx"
     lineage = first.lineage()
-    assert lineage[1]["options"] == {}  # all defaults; the key still covers every option
+    # all defaults but the int8 mode this CPU chose; the key still covers every option
+    assert lineage[1]["options"] == {"int8_mode": pick_int8_mode()[0]}
     changed = build(base, key, [DynamicInt8(per_channel=False)], "onnx", Cache(tmp_path / "b"))
-    assert changed.lineage()[1]["options"] == {"per_channel": False}
+    assert changed.lineage()[1]["options"] == {"per_channel": False,
+                                             "int8_mode": pick_int8_mode()[0]}
 
     again = build(mlp(), model_key(mlp()), steps, "onnx", Cache(tmp_path))
     assert all(s.cached for s in again.steps)
@@ -129,7 +132,7 @@ def test_changing_the_weights_changes_the_key() -> None:
 
 def test_file_model_key_follows_content_and_session_options(tmp_path: Path) -> None:
     built = build(mlp(), model_key(mlp()), [], "onnx", Cache(tmp_path / "c"))
-    model = load_artifact(built.path)
+    model = load_artifact(built.path, trust_code=True)
     assert isinstance(model, FileModel)
     key = model_key(model)
     copy = tmp_path / "copy.onnx"

@@ -12,7 +12,7 @@ from slimkit.model import FileModel, TorchModel, load_model
 from slimkit.pipeline import Built, Cache, build, model_key
 from slimkit.runtimes import RuntimeOptions, Session, get_runtime, runtime_format
 from slimkit.runtimes.torch import _flatten
-from tests.models import batch, cosine_min, eager, perturb
+from tests.models import batch, cosine_min, eager, perturb, trusted
 
 RUNTIMES = ["torch", "onnxruntime", "openvino"]
 
@@ -22,7 +22,7 @@ def build_for(model: TorchModel, runtime: str, cache_dir: Path) -> Built:
 
 
 def session_for(built: Built, runtime: str) -> Session:
-    return get_runtime(runtime, RuntimeOptions(threads=1)).load(load_artifact(built.path))
+    return get_runtime(runtime, RuntimeOptions(threads=1)).load(trusted(built.path))
 
 
 @pytest.mark.parametrize("factory", ["tiny_mlp", "tiny_cnn"])
@@ -51,7 +51,7 @@ def test_runtime_rejects_other_formats(runtime: str, shared_cache_dir: Path) -> 
     base = load_model("tests.models:tiny_mlp")
     assert isinstance(base, TorchModel)
     other = "onnxruntime" if runtime != "onnxruntime" else "torch"
-    wrong = load_artifact(build_for(base, other, shared_cache_dir).path)
+    wrong = load_artifact(build_for(base, other, shared_cache_dir).path, trust_code=True)
     with pytest.raises(TechniqueError, match=runtime if runtime != "torch" else "torch runtime"):
         get_runtime(runtime).load(wrong)
 

@@ -14,7 +14,7 @@ from slimkit.registry import StepContext, TechniqueConfig, implementations
 from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
 from slimkit.techniques import Cast, DynamicInt8
 from slimkit.techniques.dynamic_int8 import dynamic_int8_torch
-from tests.models import batch, cosine_min, eager, perturb, sqnr
+from tests.models import batch, cosine_min, eager, perturb, sqnr, trusted
 
 # Width 256: the weights (72k parameters) dominate every file format's overhead.
 WIDE = ModelRef(source="tests.models:tiny_mlp", kwargs={"width": 256})
@@ -30,7 +30,7 @@ def fresh_mlp(ref: ModelRef = WIDE) -> TorchModel:
 def build_run(model: TorchModel, steps: list[TechniqueConfig], runtime: str,
               cache_dir: Path, x: np.ndarray) -> tuple[Built, np.ndarray]:
     built = build(model, model_key(model), steps, runtime_format(runtime), Cache(cache_dir))
-    session = get_runtime(runtime, RuntimeOptions(threads=1)).load(load_artifact(built.path))
+    session = get_runtime(runtime, RuntimeOptions(threads=1)).load(trusted(built.path))
     return built, session.run({"x": x})[0]
 
 
@@ -72,7 +72,7 @@ def test_cast_openvino_asks_for_its_precision(shared_cache_dir: Path) -> None:
     for dtype, precision in (("bf16", "bf16"), ("fp16", "f16")):
         config = Cast.model_validate({"dtype": dtype})
         built, _ = build_run(model, [config], "openvino", shared_cache_dir, x)
-        loaded = load_artifact(built.path)
+        loaded = load_artifact(built.path, trust_code=True)
         assert isinstance(loaded, FileModel)
         assert loaded.session_options == {"inference_precision": precision}
 
@@ -145,7 +145,7 @@ def test_torch_artifact_round_trip(steps: list[TechniqueConfig], tmp_path: Path)
     x = batch(model.inputs, 6)["x"]
     before = eager(model, x)
     save_artifact(model, tmp_path / "artifact")
-    loaded = load_artifact(tmp_path / "artifact")
+    loaded = load_artifact(tmp_path / "artifact", trust_code=True)
     assert isinstance(loaded, TorchModel)
     assert loaded.steps == steps
     assert loaded.ref == WIDE
@@ -174,7 +174,7 @@ def test_torch_artifact_with_foreign_weights_fails(tmp_path: Path) -> None:
     (tmp_path / "b" / "model.safetensors").write_bytes(
         (tmp_path / "a" / "model.safetensors").read_bytes())
     with pytest.raises(ModelLoadError, match=r"model\.safetensors"):
-        load_artifact(tmp_path / "b")
+        load_artifact(tmp_path / "b", trust_code=True)
 
 
 def test_torch_model_without_ref_cannot_be_saved(tmp_path: Path) -> None:
@@ -186,4 +186,4 @@ def test_torch_model_without_ref_cannot_be_saved(tmp_path: Path) -> None:
 
 def test_not_an_artifact(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a slimkit artifact"):
-        load_artifact(tmp_path)
+        load_artifact(tmp_path, trust_code=True)

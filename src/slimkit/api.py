@@ -15,7 +15,7 @@ from slimkit.config import Recipe, load_recipe
 from slimkit.data import Dataset, DataSpec, load_data, synthetic
 from slimkit.errors import ConfigError
 from slimkit.evaluate.evaluator import Task, collect_outputs, evaluate_outputs
-from slimkit.io import copy_tree
+from slimkit.io import check_output_folder, copy_tree
 from slimkit.model import Format, Model, ModelRef, load_model
 from slimkit.pipeline import Built, Cache, build, model_key
 from slimkit.registry import TechniqueConfig, parse_step
@@ -23,12 +23,21 @@ from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
 from slimkit.runtimes.base import runtime_for_format
 
 
-def _model(model: Model | ModelRef | str) -> Model:
-    """A loaded model from a source, a ModelRef, or a slimkit artifact directory."""
-    from slimkit.artifact import is_artifact, load_artifact
+def _is_folder(model: Model | ModelRef | str) -> bool:
+    from slimkit.artifact import is_artifact
 
-    if isinstance(model, str) and Path(model).is_dir() and is_artifact(Path(model)):
-        return load_artifact(Path(model))
+    return isinstance(model, str) and Path(model).is_dir() and is_artifact(Path(model))
+
+
+def _model(model: Model | ModelRef | str, trust_code: bool = False) -> Model:
+    """A loaded model from a source, a ModelRef, or a slimkit artifact directory.
+
+    A factory the caller names is the caller's own code and runs; a folder is someone's
+    record, whose factories run only with `trust_code` (see `slimkit.artifact`)."""
+    from slimkit.artifact import load_artifact
+
+    if _is_folder(model):
+        return load_artifact(Path(str(model)), trust_code=trust_code)
     return load_model(model) if isinstance(model, (ModelRef, str)) else model
 
 
@@ -43,9 +52,14 @@ def run(recipe: Recipe | str | Path) -> dict[str, Any]:
 
 def compress(model: Model | ModelRef | str, steps: list[TechniqueConfig | dict[str, Any]],
              runtime: str = "onnxruntime", *, output: Path | None = None,
-             data: Dataset | None = None, cache_dir: Path | None = None) -> Built:
-    """Apply `steps` and convert for `runtime`; the artifact is cached and optionally copied."""
-    m = _model(model)
+             data: Dataset | None = None, cache_dir: Path | None = None,
+             trust_code: bool = False) -> Built:
+    """Apply `steps` and convert for `runtime`; the artifact is cached and optionally copied.
+
+    `trust_code`: an artifact folder given as `model` may call the factories it names."""
+    if output is not None:
+        check_output_folder(Path(output))  # before the work, not after
+    m = _model(model, trust_code)
     configs = []
     for k, s in enumerate(steps):
         try:
@@ -59,11 +73,15 @@ def compress(model: Model | ModelRef | str, steps: list[TechniqueConfig | dict[s
 
 
 def export(model: Model | ModelRef | str, to: Format | str, output: Path,
-           *, cache_dir: Path | None = None) -> Path:
-    """Export to `onnx` or `openvino`; returns the artifact directory."""
+           *, cache_dir: Path | None = None, trust_code: bool = False) -> Path:
+    """Export to `onnx` or `openvino`; returns the artifact directory.
+
+    `output` must be new, empty or an earlier artifact: a folder holding anything else is
+    refused before any work. `trust_code` as in `compress`."""
     if to not in ("onnx", "openvino"):
         raise ConfigError(f"--to {to!r}: choose onnx or openvino")
-    m = _model(model)
+    check_output_folder(Path(output))
+    m = _model(model, trust_code)
     built = build(m, model_key(m), [], to, Cache(cache_dir))  # type: ignore[arg-type]
     copy_tree(built.path, Path(output))
     return Path(output)
@@ -71,9 +89,10 @@ def export(model: Model | ModelRef | str, to: Format | str, output: Path,
 
 def evaluate(model: Model | ModelRef | str, data: Dataset | DataSpec, task: Task = "generic",
              *, runtime: str | None = None, reference: Any = None, threads: int = 2,
-             batch_size: int = 32) -> dict[str, float]:
-    """Quality of `model` on `data`; `reference` holds the baseline outputs, if any."""
-    m = _model(model)
+             batch_size: int = 32, trust_code: bool = False) -> dict[str, float]:
+    """Quality of `model` on `data`; `reference` holds the baseline outputs, if any.
+    `trust_code` as in `compress`."""
+    m = _model(model, trust_code)
     ds = data if isinstance(data, Dataset) else load_data(data, m)
     rt = get_runtime(runtime or runtime_for_format(m.format), RuntimeOptions(threads=threads))
     outputs = collect_outputs(rt.load(m), ds, batch_size)
@@ -90,19 +109,24 @@ class BenchmarkOptions(BenchOptions):
     cache_dir: str | None = None
 
 
-def benchmark(models: list[str], *, options: BenchmarkOptions | None = None) -> dict[str, Any]:
-    """Benchmark each model on each runtime in one interleaved run; ratios vs the first."""
+def benchmark(models: list[str], *, options: BenchmarkOptions | None = None,
+              trust_code: bool = False) -> dict[str, Any]:
+    """Benchmark each model on each runtime in one interleaved run; ratios vs the first.
+
+    `trust_code`: artifact folders among `models` may call the factories they name. The
+    workers get the same decision, except for a factory named here, which is the caller's."""
     opts = options or BenchmarkOptions()
     cache = Cache(Path(opts.cache_dir) if opts.cache_dir else None)
     targets: list[Target] = []
     first: Model | None = None
     for src in models:
-        m = _model(src)
+        m = _model(src, trust_code)
         first = first or m
+        trusted = trust_code or not _is_folder(src)
         for rt in opts.runtimes or [runtime_for_format(m.format)]:
             built = build(m, model_key(m), [], runtime_format(rt), cache)
             name = f"{Path(src).name or src} @ {rt}"
-            targets.append(Target(name, built.path, rt))
+            targets.append(Target(name, built.path, rt, trust_code=trusted))
     assert first is not None
     n = max(opts.batch_size * 4, 32)
     if opts.data:
@@ -157,6 +181,10 @@ def _versus(model: str, data: DataSpec, opts: CompareOptions, label: str,
     with `steps`, with the usual results and reports."""
     from slimkit.config import parse_recipe
 
+    for given in (model, baseline):
+        if given is not None and _is_folder(given):
+            raise ConfigError(f"{given}: an artifact folder cannot be the model here; give a "
+                              f"factory, a Hugging Face directory, or the folder's .onnx/.xml")
     name = Path(model).stem if Path(model).exists() else model.rsplit(":", 1)[-1]
     compiled = {"compile": True} if opts.runtime == "torch" else {}
     first: dict[str, Any] = {"name": f"{opts.runtime}-float", "runtime": opts.runtime,

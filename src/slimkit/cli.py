@@ -15,7 +15,7 @@ import typer
 
 from slimkit.bench.harness import BenchOptions
 from slimkit.data import DataSpec
-from slimkit.errors import SlimkitError
+from slimkit.errors import ConfigError, SlimkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress, export and measure trained neural networks.")
@@ -24,6 +24,31 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def _fail(e: SlimkitError) -> None:
     print(f"error: {e}", file=sys.stderr)
     raise typer.Exit(2)
+
+
+def _invalid(e: ValueError) -> SlimkitError:
+    """One line for a value pydantic rejected: where, and why (its own text spans lines)."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError) and e.errors():
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or e.title
+        return ConfigError(f"{loc}: {err['msg']}"[:300])
+    lines = str(e).strip().splitlines()
+    return ConfigError(lines[0][:300] if lines else type(e).__name__)
+
+
+def _at_least_one(**counts: int | None) -> None:
+    """Counts must be positive. Checked here rather than with Typer's `min=`, whose message
+    is a multi-line box, so a bad one is the usual one line naming the option."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+
+
+TrustOption = Annotated[bool, typer.Option(
+    "--trust-code", help="let an artifact folder's artifact.json call the Python factories it "
+                         "names (only for folders you trust)")]
 
 
 @app.command()
@@ -36,6 +61,8 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
     from slimkit.summary import print_summary
 
     try:
+        if output is not None and output.exists() and not output.is_dir():
+            raise ConfigError(f"--output {output}: exists and is not a directory")
         r = load_recipe(recipe)
         if output is not None:
             r = r.model_copy(update={"output": str(output)})
@@ -58,19 +85,28 @@ def bench(
     dim: Annotated[list[str] | None, typer.Option(help="size of a dynamic axis, NAME=N")] = None,
     threads: int = 2, batch_size: int = 32, rounds: int = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
+    trust_code: TrustOption = False,
 ) -> None:
     """Benchmark models on their runtimes; ratios are against the first one."""
+    from pydantic import ValidationError
+
     from slimkit.api import BenchmarkOptions, benchmark
     from slimkit.bench.report import print_bench
 
     try:
+        _at_least_one(threads=threads, batch_size=batch_size, rounds=rounds)
+        if json_out is not None and json_out.is_dir():
+            raise ConfigError(f"--json {json_out}: is a directory, not a file")
         dims = dict(_parse_dim(d) for d in dim or [])
         opts = BenchmarkOptions(threads=threads, batch_size=batch_size, rounds=rounds,
                                 runtimes=runtime or [], dims=dims,
                                 data=str(data) if data else None)
-        res = benchmark(models, options=opts)
+        res = benchmark(models, options=opts, trust_code=trust_code)
     except SlimkitError as e:
         _fail(e)
+        return
+    except ValidationError as e:  # option values that pydantic rejects
+        _fail(_invalid(e))
         return
     print_bench(res)
     if json_out:
@@ -81,20 +117,24 @@ def bench(
 
 def _parse_dim(text: str) -> tuple[str, int]:
     name, sep, value = text.partition("=")
-    if not sep or not value.isdigit():
-        raise SlimkitError(f"--dim {text!r}: write NAME=N, e.g. sequence=128")
+    if not sep or not value.isdigit() or int(value) < 1:
+        raise SlimkitError(f"--dim {text[:80]!r}: write NAME=N with N at least 1, e.g. "
+                           f"sequence=128")
     return name, int(value)
 
 
 @app.command()
 def export(model: Annotated[str, typer.Argument(help="model source")],
            to: Annotated[str, typer.Option(help="onnx or openvino")] = "onnx",
-           output: Annotated[Path, typer.Option("--output", "-o")] = Path("exported")) -> None:
+           output: Annotated[Path, typer.Option(
+               "--output", "-o", help="a new or empty folder, or an earlier export")
+           ] = Path("exported"),
+           trust_code: TrustOption = False) -> None:
     """Export a model to ONNX or OpenVINO IR as a slimkit artifact directory."""
     from slimkit.api import export as api_export
 
     try:
-        path = api_export(model, to, output)
+        path = api_export(model, to, output, trust_code=trust_code)
     except SlimkitError as e:
         _fail(e)
         return
@@ -147,15 +187,20 @@ def _settings(items: list[str] | None) -> dict[str, object]:
     settings = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SlimkitError(f"--set {item!r}: write KEY=VALUE, e.g. calibration=mse")
-        settings[key] = yaml.safe_load(value)
+        shown = repr(item[:80] + ("..." if len(item) > 80 else ""))
+        if not sep or not key:
+            raise ConfigError(f"--set {shown}: write KEY=VALUE, e.g. calibration=mse")
+        try:
+            settings[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(f"--set {shown}: the value is not valid YAML ({problem})") from None
     return settings
 
 
 @app.command()
 def prune(
-    model: Annotated[str, typer.Argument(help="model source or artifact directory")],
+    model: Annotated[str, typer.Argument(help="model file, HF dir or package.module:function")],
     data: DataOption,
     method: Annotated[str, typer.Option(help="prune_channels, prune_transformer, "
                                              "prune_magnitude, prune_semi_structured")
@@ -185,7 +230,8 @@ def prune(
 
 @app.command()
 def distill(
-    model: Annotated[str, typer.Argument(help="the student: model source or artifact dir")],
+    model: Annotated[str, typer.Argument(help="the student: model file, HF dir or "
+                                              "package.module:function")],
     data: DataOption,
     teacher: Annotated[str | None, typer.Option(help="teacher model (default: MODEL as "
                                                      "given, before training)")] = None,
@@ -211,6 +257,9 @@ def distill(
 def _shared(runtime: str, option: list[str] | None, task: str, train_data: str | None,
             output: Path | None, rounds: int) -> dict[str, Any]:
     """The options every one-technique command passes the same way."""
+    _at_least_one(rounds=rounds)
+    if output is not None and output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output}: exists and is not a directory")
     return {"runtime": runtime, "settings": _settings(option), "task": task,
             "calibration": _data_spec(train_data, calib=True) if train_data else None,
             "output": str(output) if output else None, "benchmark": BenchOptions(rounds=rounds)}
@@ -225,7 +274,7 @@ def _report(run_it: Callable[[], dict]) -> None:
         _fail(e)
         return
     except ValueError as e:  # option values that pydantic rejects
-        _fail(SlimkitError(str(e).splitlines()[0]))
+        _fail(_invalid(e))
         return
     print_summary(doc)
     for c in doc["candidates"]:

@@ -52,8 +52,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory that becomes `path` only if the block finishes.
 
-    An existing `path` is replaced whole; on error the temporary directory is removed and
-    `path` is left as it was.
+    An existing `path` is replaced whole, so it must be slimkit's own (a cache entry, or an
+    output folder `check_output_folder` allowed); on error the temporary directory is removed
+    and `path` is left as it was. The old tree goes to a fresh unique name before removal, so
+    no sibling of `path` is touched.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
@@ -61,9 +63,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old)  # a directory may replace an empty one
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -73,8 +74,30 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise
 
 
+def check_output_folder(dst: Path) -> None:
+    """Refuse an output folder that slimkit may not replace: a file, a link, or a folder
+    holding anything an artifact does not consist of (the user's own files)."""
+    from slimkit.artifact import foreign_files  # artifact.py builds on this module
+    from slimkit.errors import ConfigError
+
+    if dst.is_symlink():
+        raise ConfigError(f"output {dst}: is a symbolic link; choose a new or empty folder")
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"output {dst}: exists and is not a directory")
+    if dst.is_dir() and (foreign := foreign_files(dst)):
+        shown = ", ".join(n if n.isprintable() else ascii(n)[1:-1] for n in foreign[:3])
+        shown += ", ..." if len(foreign) > 3 else ""
+        raise ConfigError(f"output {dst}: holds files slimkit did not write ({shown}); "
+                          f"choose an empty or new folder")
+
+
 def copy_tree(src: Path, dst: Path) -> None:
-    """Copy a finished artifact, hard-linking files where the filesystem allows."""
+    """Copy a finished artifact, hard-linking files where the filesystem allows.
+
+    `dst` may be absent, empty or an earlier artifact, which is replaced; anything else is
+    refused (see `check_output_folder`), so a user's folder is never deleted.
+    """
+    check_output_folder(dst)
     with atomic_dir(dst) as tmp:
         for f in src.rglob("*"):
             if f.is_dir():

@@ -63,7 +63,7 @@ class Cache:
 
     def get(self, key: str) -> Model | None:
         p = self.path(key)
-        return load_artifact(p) if is_artifact(p) else None
+        return load_artifact(p, trust_code=True) if is_artifact(p) else None
 
     def produce(self, key: str, make: Callable[[Path], Model]) -> tuple[Model, bool]:
         """Return the cached model for `key`, or make it in a fresh directory and keep it."""
@@ -76,7 +76,7 @@ class Cache:
             save_artifact(made, tmp)
         if isinstance(made, TorchModel):
             return made, False
-        return load_artifact(final), False
+        return load_artifact(final, trust_code=True), False
 
 
 def model_key(model: Model) -> str:

@@ -158,3 +158,125 @@ def test_prune_rejects_an_unknown_method(tmp_path: Path):
     proc = slimkit("prune", "slimkit.examples.digits:load_model", "--data", "digits",
                    "--method", "prune_everything", cwd=tmp_path)
     assert_one_line_error(proc, "prune_everything")
+
+
+# --- trust: an artifact folder runs no code it names unless --trust-code -------------------
+
+def makedirs_folder(tmp: Path) -> tuple[Path, Path]:
+    """An artifact folder whose record names `os:makedirs` as the model's factory."""
+    made, folder = tmp / "made", tmp / "evil"
+    folder.mkdir()
+    (folder / "artifact.json").write_text(json.dumps({
+        "format": "torch", "inputs": [{"name": "x", "shape": ["batch", 16]}],
+        "ref": {"source": "os:makedirs", "kwargs": {"name": str(made)}}, "steps": []}))
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder, made
+
+
+def test_bench_refuses_code_named_by_a_folder(tmp_path: Path):
+    folder, made = makedirs_folder(tmp_path)
+    proc = slimkit("bench", str(folder), cwd=tmp_path)
+    assert_one_line_error(proc, "os:makedirs", "--trust-code")
+    assert not made.exists()
+    proc = slimkit("bench", str(folder), "--trust-code", cwd=tmp_path)
+    assert_one_line_error(proc, "returned NoneType")  # called, then its result is no model
+    assert made.is_dir()
+
+
+@pytest.mark.parametrize("command", [["export", "--to", "onnx", "-o", "out"],
+                                     ["prune", "--data", "digits"],
+                                     ["quantize", "--data", "digits"]])
+def test_other_commands_refuse_code_named_by_a_folder(tmp_path: Path, command: list[str]):
+    folder, made = makedirs_folder(tmp_path)
+    proc = slimkit(command[0], str(folder), *command[1:], cwd=tmp_path)
+    assert_one_line_error(proc)
+    assert not made.exists() and not (tmp_path / "out").exists()
+
+
+def save_torch_artifact(source: str, dest: Path, **kwargs: object) -> Path:
+    from slimkit.artifact import save_artifact
+    from slimkit.model import ModelRef, load_model
+
+    save_artifact(load_model(ModelRef(source=source, kwargs=kwargs)), dest)
+    return dest
+
+
+def test_bench_a_torch_artifact_of_user_code_needs_trust(tmp_path: Path):
+    folder = save_torch_artifact("tests.models:tiny_mlp", tmp_path / "mlp")
+    args = ["bench", str(folder), "--rounds", "1", "--batch-size", "4"]
+    assert_one_line_error(slimkit(*args, cwd=tmp_path), "tests.models:tiny_mlp", "--trust-code")
+    out = tmp_path / "bench.json"
+    proc = slimkit(*args, "--trust-code", "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(out.read_text())["results"].values()
+    assert result["throughput"] > 0 and "error" not in result
+
+
+def test_a_bundled_example_artifact_needs_no_trust(tmp_path: Path):
+    folder = save_torch_artifact("slimkit.examples.digits:student", tmp_path / "s", width=8)
+    proc = slimkit("export", str(folder), "--to", "onnx", "-o", str(tmp_path / "out"),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("text", ["{oops", "[]", '{"inputs": []}', '{"format": "onnx"}'])
+def test_a_broken_artifact_json_is_one_line(tmp_path: Path, text: str):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "artifact.json").write_text(text)
+    assert_one_line_error(slimkit("bench", str(tmp_path / "a"), cwd=tmp_path), "artifact.json")
+
+
+# --- output folders: never replace what slimkit did not write ------------------------------
+
+def test_export_keeps_a_users_folder(tmp_path: Path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    proc = slimkit("export", "tests.models:tiny_mlp", "--to", "onnx", "-o", str(mine),
+                   cwd=tmp_path)
+    assert_one_line_error(proc, "notes.txt", "did not write")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_export_replaces_its_own_export(tmp_path: Path):
+    out = tmp_path / "out"
+    for _ in range(2):
+        proc = slimkit("export", "tests.models:tiny_mlp", "--to", "onnx", "-o", str(out),
+                       cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["artifact.json", "model.onnx"]
+
+
+@pytest.mark.parametrize("command", [["export", "tests.models:tiny_mlp"], ["run", "recipe"]])
+def test_output_that_is_a_file(tmp_path: Path, command: list[str]):
+    file = tmp_path / "file"
+    file.write_text("mine")
+    args = [str(recipe(tmp_path)) if a == "recipe" else a for a in command]
+    assert_one_line_error(slimkit(*args, "-o", str(file), cwd=tmp_path), "not a directory")
+    assert file.read_text() == "mine"
+
+
+# --- options -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("command", "option", "value"), [
+    ("bench", "--batch-size", "-8"), ("bench", "--batch-size", "0"),
+    ("bench", "--rounds", "-1"), ("bench", "--threads", "-2"), ("prune", "--rounds", "0"),
+])
+def test_counts_must_be_positive(tmp_path: Path, command: str, option: str, value: str):
+    extra = ["--data", "digits"] if command == "prune" else []
+    proc = slimkit(command, "slimkit.examples.digits:student", *extra, option, value,
+                   cwd=tmp_path)
+    assert_one_line_error(proc, option, "at least 1")
+
+
+def test_set_with_invalid_yaml(tmp_path: Path):
+    proc = slimkit("prune", "slimkit.examples.digits:student", "--data", "digits",
+                   "--set", "key=[unclosed", cwd=tmp_path)
+    assert_one_line_error(proc, "--set", "key=[unclosed", "not valid YAML")
+
+
+def test_set_value_that_the_technique_rejects(tmp_path: Path):
+    proc = slimkit("quantize", "slimkit.examples.digits:student", "--data", "digits",
+                   "--method", "static_int8", "--set", "calibration=bogus", cwd=tmp_path)
+    assert_one_line_error(proc, "calibration", "minmax")

@@ -213,7 +213,7 @@ def test_reloaded_artifact_gives_identical_outputs_and_key(tmp_path: Path) -> No
     x = mlp_data(16, seed=3).inputs["x"]
     first = built.model
     assert isinstance(first, TorchModel)
-    reloaded = load_artifact(built.path)
+    reloaded = load_artifact(built.path, trust_code=True)
     assert isinstance(reloaded, TorchModel)
     np.testing.assert_array_equal(eager(reloaded, x), eager(first, x))
     assert model_key(reloaded) == model_key(first)

@@ -81,7 +81,7 @@ def test_reloaded_artifact_gives_identical_outputs(tmp_path: Path) -> None:
     step = parse_step({"prune_semi_structured": {"epochs": 1, "batch_size": 32}})
     built = build(model, model_key(model), [step], "torch", Cache(tmp_path), data=mlp_data(64))
     x = mlp_data(8, seed=4).inputs["x"]
-    reloaded = load_artifact(built.path)
+    reloaded = load_artifact(built.path, trust_code=True)
     assert isinstance(reloaded, TorchModel) and isinstance(built.model, TorchModel)
     np.testing.assert_array_equal(eager(reloaded, x), eager(built.model, x))
     assert model_key(reloaded) == model_key(built.model)

@@ -105,7 +105,7 @@ def test_saved_artifact_rebuilds_from_the_record(tmp_path: Path) -> None:
                                      StepContext(tmp_path, data=token_data()))
     assert isinstance(pruned, TorchModel)
     save_artifact(pruned, tmp_path / "artifact")
-    again = load_artifact(tmp_path / "artifact")
+    again = load_artifact(tmp_path / "artifact", trust_code=True)
     assert isinstance(again, TorchModel)
     batch = token_data(6, seed=9).inputs
     np.testing.assert_array_equal(run(again, batch), run(pruned, batch))
@@ -116,13 +116,13 @@ def test_pruned_model_exports_and_runs_on_onnxruntime_and_openvino(tmp_path: Pat
     data = token_data()
     step = parse_step({"prune_transformer": {"flops_ratio": 0.5, "ffn_multiple": 8}})
     torch_built = build(model, model_key(model), [step], "torch", Cache(tmp_path), data=data)
-    reference = load_artifact(torch_built.path)
+    reference = load_artifact(torch_built.path, trust_code=True)
     assert isinstance(reference, TorchModel)
     batch = token_data(6, seed=4).inputs
     expected = run(reference, batch)
     for target, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
         built = build(model, model_key(model), [step], target, Cache(tmp_path), data=data)
-        out = get_runtime(runtime).load(load_artifact(built.path)).run(batch)[0]
+        out = get_runtime(runtime).load(load_artifact(built.path, trust_code=True)).run(batch)[0]
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 

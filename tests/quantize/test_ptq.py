@@ -10,14 +10,13 @@ import numpy as np
 import onnx
 import pytest
 
-from slimkit.artifact import load_artifact
 from slimkit.data import Dataset
 from slimkit.errors import TechniqueError
 from slimkit.model import ModelRef, TorchModel, load_model
 from slimkit.pipeline import Built, Cache, build, model_key
 from slimkit.registry import parse_step
 from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
-from tests.models import eager, perturb, sqnr
+from tests.models import eager, perturb, sqnr, trusted
 
 WIDE = ModelRef(source="tests.models:tiny_mlp", kwargs={"width": 256})
 FILES = {"onnxruntime": ["model.onnx"], "openvino": ["model.xml", "model.bin"]}
@@ -38,7 +37,7 @@ def run(model: TorchModel, steps: list[dict], runtime: str, cache: Path,
         x: np.ndarray) -> tuple[Built, np.ndarray]:
     built = build(model, model_key(model), [parse_step(s) for s in steps],
                   runtime_format(runtime), Cache(cache), data=calib())
-    session = get_runtime(runtime, RuntimeOptions(threads=1)).load(load_artifact(built.path))
+    session = get_runtime(runtime, RuntimeOptions(threads=1)).load(trusted(built.path))
     return built, session.run({"x": x})[0]
 
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from slimkit.artifact import load_artifact
 from slimkit.data import Dataset
 from slimkit.examples import digits
 from slimkit.model import TorchModel, load_model
@@ -20,7 +19,7 @@ from slimkit.pipeline import Cache, build, model_key
 from slimkit.registry import parse_step
 from slimkit.runtimes import RuntimeOptions, get_runtime
 from slimkit.techniques.quantize.fold import fold_batchnorms
-from tests.models import batch
+from tests.models import batch, trusted
 
 
 def cnn() -> TorchModel:
@@ -40,7 +39,7 @@ def test_folding_batchnorm_changes_no_output() -> None:
 
 
 def accuracy(built_path: Path, runtime: str, data: Dataset) -> float:
-    session = get_runtime(runtime, RuntimeOptions(threads=1)).load(load_artifact(built_path))
+    session = get_runtime(runtime, RuntimeOptions(threads=1)).load(trusted(built_path))
     out = session.run(data.inputs)[0]
     return float((out.argmax(1) == data.labels).mean())
 
@@ -86,8 +85,8 @@ def test_exported_weights_are_int8_on_their_2bit_grid(qat_runs: dict[str, Path])
 
 def test_torch_and_onnxruntime_agree_and_reload(qat_runs: dict[str, Path]) -> None:
     test = digits.load_data("test")
-    t = get_runtime("torch").load(load_artifact(qat_runs["qat-torch"])).run(test.inputs)[0]
-    o = get_runtime("onnxruntime").load(load_artifact(qat_runs["qat-onnxruntime"])).run(
+    t = get_runtime("torch").load(trusted(qat_runs["qat-torch"])).run(test.inputs)[0]
+    o = get_runtime("onnxruntime").load(trusted(qat_runs["qat-onnxruntime"])).run(
         test.inputs)[0]
     assert (t.argmax(1) == o.argmax(1)).mean() >= 0.95
     np.testing.assert_allclose(t, o, atol=0.1 * np.abs(t).max())

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from slimkit.artifact import load_artifact
 from slimkit.data import Dataset
 from slimkit.model import ModelRef, TorchModel, load_model
 from slimkit.pipeline import Cache, build, model_key
 from slimkit.registry import parse_step
 from slimkit.runtimes import get_runtime
 from slimkit.techniques.quantize.smooth import _int8_error
-from tests.models import eager
+from tests.models import eager, trusted
 
 REF = ModelRef(source="tests.models:tiny_mlp", kwargs={"width": 64})
 
@@ -45,7 +44,7 @@ def test_float_function_is_unchanged_and_the_record_rebuilds_it(tmp_path: Path):
     assert [r["layer"] for r in report["layers"]] == ["net.0"]  # only the outlier input
     assert report["layers"][0]["int8_error"] < report["layers"][0]["int8_error_unsmoothed"]
     x = outlier_data(32, seed=5).inputs["x"]
-    reloaded = load_artifact(built.path)  # rebuilt from the recorded layer list, then weights
+    reloaded = trusted(built.path)  # rebuilt from the recorded layer list, then weights
     out = get_runtime("torch").load(reloaded).run({"x": x})[0]
     np.testing.assert_allclose(out, eager(model, x), rtol=1e-4, atol=1e-4)
     saved = json.loads((built.path / "artifact.json").read_text())["steps"][-1]
@@ -61,7 +60,7 @@ def test_smoothing_helps_int8_on_onnxruntime(tmp_path: Path):
     def error(steps: list) -> float:
         built = build(model, model_key(model), [parse_step(s) for s in steps], "onnx",
                       Cache(tmp_path), data=data)
-        out = get_runtime("onnxruntime").load(load_artifact(built.path)).run({"x": x})[0]
+        out = get_runtime("onnxruntime").load(trusted(built.path)).run({"x": x})[0]
         return float(((out - ref) ** 2).mean())
 
     plain = error([{"static_int8": {"calibration": "minmax"}}])

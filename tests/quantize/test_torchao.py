@@ -47,7 +47,7 @@ def test_torchao_output_stays_close_and_reloads_exactly(step: dict, floor_db: fl
     ref = eager(model, x)
     out = eager(built.model, x)  # type: ignore[arg-type]
     assert floor_db < sqnr(ref, out) < 80
-    reloaded = load_artifact(built.path)
+    reloaded = load_artifact(built.path, trust_code=True)
     np.testing.assert_array_equal(eager(reloaded, x), out)  # type: ignore[arg-type]
     session = get_runtime("torch", RuntimeOptions(threads=1)).load(reloaded)
     np.testing.assert_allclose(session.run({"x": x})[0], out, rtol=1e-5, atol=1e-6)
@@ -80,7 +80,7 @@ def test_budget_keeps_sensitive_linears_in_float(tmp_path: Path) -> None:
     assert 1 <= len(report["kept_float"]) < 3 and report["cosine"] >= target
     record = json.loads((built.path / "artifact.json").read_text())
     assert record["steps"][-1]["exclude"] == report["kept_float"]
-    reloaded = load_artifact(built.path)
+    reloaded = load_artifact(built.path, trust_code=True)
     np.testing.assert_array_equal(eager(reloaded, x), eager(built.model, x))  # type: ignore
 
 

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from slimkit.artifact import load_artifact
 from slimkit.data import Dataset
 from slimkit.errors import TechniqueError
 from slimkit.model import ModelRef, TorchModel, load_model
 from slimkit.pipeline import Cache, build, model_key
 from slimkit.registry import StepContext, parse_step
 from slimkit.techniques.distill import Distill, distill_torch
-from tests.models import batch, eager, perturb
+from tests.models import batch, eager, perturb, trusted
 
 WIDE = "tests.models:tiny_mlp"
 
@@ -68,7 +67,7 @@ def test_a_narrow_student_learns_its_teachers_decisions(tmp_path: Path) -> None:
     assert not (cache.root / "checkpoints").exists() or not any(
         (cache.root / "checkpoints").iterdir())
 
-    reloaded = load_artifact(built.path)  # rebuilt from the record, then its weights loaded
+    reloaded = trusted(built.path)  # rebuilt from the record, then its weights loaded
     assert isinstance(reloaded, TorchModel)
     np.testing.assert_array_equal(eager(reloaded, held_out), eager(trained, held_out))
     assert reloaded.steps[-1].loss == "response"

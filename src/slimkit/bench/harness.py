@@ -43,10 +43,15 @@ class BenchOptions(BaseModel):
 
 @dataclass
 class Target:
+    """One candidate to time. `trust_code` lets its worker call the factories the artifact's
+    record names: true for artifacts slimkit built from the user's own recipe or command, false
+    for a folder from elsewhere (see `slimkit.artifact.load_artifact`)."""
+
     name: str
     artifact: Path
     runtime: str
     compile: bool = False
+    trust_code: bool = False
 
 
 class _Worker:
@@ -57,6 +62,7 @@ class _Worker:
             target=serve,
             args=(child, str(target.artifact), target.runtime, opts.threads, str(inputs),
                   opts.batch_size, opts.warmup, target.compile),
+            kwargs={"trust_code": target.trust_code},
             daemon=True,
         )
         self.proc.start()

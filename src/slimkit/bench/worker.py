@@ -28,7 +28,9 @@ def _status_mb(field: str) -> float:
 
 
 def serve(conn: Connection, artifact: str, runtime: str, threads: int, inputs: str,
-          batch_size: int, warmup: int, compile_: bool = False) -> None:
+          batch_size: int, warmup: int, compile_: bool = False, *, trust_code: bool) -> None:
+    """Serve one candidate. `trust_code` has no default: the parent decides whether the
+    artifact's record may name code to run, and says so."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     try:
@@ -40,7 +42,7 @@ def serve(conn: Connection, artifact: str, runtime: str, threads: int, inputs: s
         rss_start = _status_mb("VmRSS")
         t0 = time.perf_counter()
         rt = get_runtime(runtime, RuntimeOptions(threads=threads, compile=compile_))
-        session = rt.load(load_artifact(Path(artifact)))
+        session = rt.load(load_artifact(Path(artifact), trust_code=trust_code))
         load_seconds = time.perf_counter() - t0
         with np.load(inputs, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
