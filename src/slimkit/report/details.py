@@ -116,10 +116,11 @@ def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list
 
 def notice_section(results: dict[str, Any]) -> DetailSection | None:
     """Run warnings and what is known to lose on this CPU, marked * beside the figures."""
-    facts = [f"{w}" for w in results.get("warnings") or [] if isinstance(w, str)]
-    for cand in results.get("candidates") or []:
-        facts += [f"* {cand.get('name')}: {n}" for n in cand.get("cpu_notes") or []
-                  if f"{cand.get('name')}: {n}" not in facts]
+    cpu = [f"{c.get('name')}: {n}" for c in results.get("candidates") or []
+           for n in c.get("cpu_notes") or []]
+    said = [w for w in results.get("warnings") or [] if isinstance(w, str)]
+    facts = [("* " if w in cpu else "") + w for w in said]
+    facts += [f"* {n}" for n in cpu if n not in said]
     return DetailSection("Warnings", facts) if facts else None
 
 
