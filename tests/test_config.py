@@ -231,8 +231,16 @@ def test_round_trip_with_steps() -> None:
 
 @pytest.mark.parametrize("tag", technique_names())
 def test_every_technique_round_trips_in_a_recipe(tag: str) -> None:
+    from slimkit.registry import implementations
+
     raw = raw_recipe()
-    raw["candidates"] = [{"name": "c", "runtime": "openvino", "steps": [{"technique": tag}]}]
+    # the last runtime the step can be placed before (a recipe that misplaces it is refused)
+    targets = set().union(*((i.targets or {"torch", "onnx", "openvino"})
+                            for i in implementations(config_class(tag)()).values()))
+    runtime = next(r for r in ("openvino", "onnxruntime", "torch")
+                   if {"openvino": "openvino", "onnxruntime": "onnx", "torch": "torch"}[r]
+                   in targets)
+    raw["candidates"] = [{"name": "c", "runtime": runtime, "steps": [{"technique": tag}]}]
     recipe = parse_recipe(raw)
     assert parse_recipe(yaml.safe_load(recipe.to_yaml())) == recipe
 

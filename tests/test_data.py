@@ -262,3 +262,144 @@ def test_data_spec_validation() -> None:
         DataSpec(source="images")
     with pytest.raises(ValueError, match="greater than 0"):
         DataSpec(source="npz", path="x", limit=0)
+    with pytest.raises(ValueError, match=r"unknown example 'mnist' .known: minilm, digits."):
+        DataSpec(source="example", name="mnist")
+
+
+# --- bundled examples are checked when the recipe is read ---------------------------------
+
+def test_example_split_is_checked_when_the_spec_is_made() -> None:
+    with pytest.raises(ValueError, match=r"example 'digits' has no split 'validation' "
+                                         r"\(it has: test, train, calibration\)"):
+        DataSpec(source="example", name="digits", split="validation")
+    assert DataSpec(source="example", name="minilm", split="all").split == "all"
+
+
+def test_example_table_matches_the_examples() -> None:
+    from slimkit.examples import SPLITS, digits
+
+    assert set(SPLITS["digits"]) == set(digits._split_indices(50, np.arange(50) % 10))
+    with pytest.raises(DataError, match="unknown split 'nope'"):
+        digits.load_data("nope")
+
+
+def test_recipe_with_an_unknown_split_fails_to_load() -> None:
+    from slimkit.config import parse_recipe
+    from slimkit.errors import ConfigError
+
+    raw = {"name": "r", "model": {"source": "slimkit.examples.digits:load_model"},
+           "data": {"source": "example", "name": "digits", "split": "valid"},
+           "candidates": [{"name": "torch", "runtime": "torch"}]}
+    with pytest.raises(ConfigError, match="has no split 'valid'") as info:
+        parse_recipe(raw)
+    assert "\n" not in str(info.value)
+
+
+# --- factories get the split and limit the recipe asks for --------------------------------
+
+def by_split(split: str = "test", n: int = 6, limit: int | None = None) -> Dataset:
+    """A factory whose rows say which split and limit it was asked for."""
+    x = np.full((n, 16), {"test": 0.0, "calibration": 1.0}[split], np.float32)
+    return Dataset({"x": x}, np.full(n, -1 if limit is None else limit), f"by-{split}")
+
+
+def splitless(n: int = 6) -> Dataset:
+    return Dataset({"x": np.zeros((n, 16), np.float32)}, None, "splitless")
+
+
+def anything(**kwargs: object) -> Dataset:
+    return Dataset({"x": np.zeros((4, 16), np.float32)}, np.array([len(kwargs)] * 4), "any")
+
+
+def test_factory_receives_split_and_limit(mlp: TorchModel) -> None:
+    spec = DataSpec(source="factory", factory="tests.test_data:by_split", split="calibration",
+                    limit=4, kwargs={"n": 8})
+    ds = load_data(spec, mlp)
+    assert ds.name == "by-calibration" and (ds.inputs["x"] == 1.0).all()
+    assert len(ds) == 4 and ds.labels is not None and (ds.labels == 4).all()
+    ds = load_data(DataSpec(source="factory", factory="tests.test_data:by_split"), mlp)
+    assert ds.name == "by-test" and len(ds) == 6 and ds.labels is not None
+    assert (ds.labels == -1).all()  # no limit set: the factory's own default stands
+    # **kwargs takes both split and limit
+    ds = load_data(DataSpec(source="factory", factory="tests.test_data:anything", limit=2), mlp)
+    assert ds.labels is not None and list(ds.labels) == [2, 2] and len(ds) == 2
+
+
+def test_calibration_split_of_a_factory_is_not_silently_dropped(mlp: TorchModel) -> None:
+    # the split is taken from the spec, as a calibration spec gets it: explicit, or not the
+    # default, and the factory cannot take it
+    for spec in (DataSpec(source="factory", factory="tests.test_data:splitless", split="test"),
+                 DataSpec(source="factory", factory="tests.test_data:splitless").model_copy(
+                     update={"split": "calibration"})):
+        with pytest.raises(DataError, match=r"^tests\.test_data:splitless: takes no `split` "
+                                            r"parameter") as info:
+            load_data(spec, mlp)
+        assert "\n" not in str(info.value)
+    # a split left at its default is not asked for; the limit still applies afterwards
+    ds = load_data(DataSpec(source="factory", factory="tests.test_data:splitless", limit=3), mlp)
+    assert len(ds) == 3
+
+
+def test_factory_kwargs_it_cannot_take(mlp: TorchModel) -> None:
+    with pytest.raises(DataError, match=r"splitless: takes no parameter.s. size"):
+        load_data(DataSpec(source="factory", factory="tests.test_data:splitless",
+                           kwargs={"size": 3}), mlp)
+    with pytest.raises(DataError, match="split is given both as a field and in kwargs"):
+        load_data(DataSpec(source="factory", factory="tests.test_data:by_split",
+                           split="calibration", kwargs={"split": "test"}), mlp)
+
+
+# --- bad values are refused, for every source ---------------------------------------------
+
+def test_nan_and_infinite_rows_are_counted(tmp_path: Path, mlp: TorchModel) -> None:
+    x = np.zeros((64, 16), np.float64)
+    x[[3, 10], 2] = np.nan
+    x[10, 5] = np.inf  # same row twice: counted once
+    x[40, 0] = -np.inf
+    np.savez(tmp_path / "data.npz", x=x)
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(source="npz", path=str(tmp_path / "data.npz")), mlp)
+    assert str(info.value) == "data.npz: input 'x' has NaN or infinite values in 3 of 64 rows"
+
+
+def test_nan_from_a_factory_is_refused() -> None:
+    x = np.ones((5, 16), np.float32)
+    x[0, 0] = np.nan
+    with pytest.raises(DataError, match="mine: input 'x' has NaN or infinite values in 1 of 5"):
+        check_fits(Dataset({"x": x}, None, "mine"), tiny_mlp(width=16).inputs)
+
+
+def test_nan_limited_away_is_accepted(tmp_path: Path, mlp: TorchModel) -> None:
+    x = np.zeros((6, 16), np.float32)
+    x[5] = np.nan
+    np.savez(tmp_path / "d.npz", x=x)
+    assert len(load_data(DataSpec(source="npz", path=str(tmp_path / "d.npz"), limit=5), mlp)) == 5
+
+
+def test_empty_data_is_refused(tmp_path: Path, mlp: TorchModel) -> None:
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 16), np.float32))
+    with pytest.raises(DataError, match=r"^empty\.npz: has no rows$"):
+        load_data(DataSpec(source="npz", path=str(tmp_path / "empty.npz")), mlp)
+    with pytest.raises(DataError, match="has no rows"):
+        load_data(DataSpec(source="factory", factory="tests.test_data:splitless",
+                           kwargs={"n": 0}), mlp)
+
+
+def test_npz_of_strings_or_objects_is_refused(tmp_path: Path, mlp: TorchModel) -> None:
+    np.savez(tmp_path / "s.npz", x=np.array([["a"] * 16] * 3))
+    with pytest.raises(DataError, match=r"^s\.npz: input 'x' holds <U1 values, not numbers$"):
+        load_data(DataSpec(source="npz", path=str(tmp_path / "s.npz")), mlp)
+    np.savez(tmp_path / "o.npz", x=np.array([[{"a": 1}] * 16] * 3, dtype=object))
+    with pytest.raises(DataError, match=r"o\.npz: array 'x' is not readable as numbers") as info:
+        load_data(DataSpec(source="npz", path=str(tmp_path / "o.npz")), mlp)
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="holds object values, not numbers"):
+        check_fits(Dataset({"x": np.array([[None] * 16], dtype=object)}, None, "objs"),
+                   mlp.inputs)
+
+
+def test_a_single_array_is_not_an_npz(tmp_path: Path, mlp: TorchModel) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((3, 16), np.float32))
+    (tmp_path / "x.npy").rename(tmp_path / "x.npz")
+    with pytest.raises(DataError, match=r"a single array, not an \.npz file"):
+        load_data(DataSpec(source="npz", path=str(tmp_path / "x.npz")), mlp)

@@ -43,6 +43,19 @@ def test_sqnr_identical_and_tiny_noise_are_capped_at_200() -> None:
     assert metrics.sqnr_db(x, x + 1e-15) == 200.0
 
 
+def test_sqnr_of_nan_or_infinite_outputs_is_the_worst_score() -> None:
+    x = np.linspace(-1, 1, 50)
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = x.copy()
+        broken[3] = bad
+        assert metrics.sqnr_db(x, broken) == -math.inf  # not 200 dB, as min(200, nan) gave
+        assert math.isnan(metrics.sqnr_db(broken, x))  # a broken reference has no ratio
+    nan_out = np.full((4, 3), np.nan, dtype=np.float32)
+    scores = evaluate_outputs("generic", nan_out, np.ones((4, 3), dtype=np.float32), None)
+    assert scores["sqnr_db"] == -math.inf
+    assert math.isnan(scores["cosine"]) and math.isnan(scores["max_abs_error"])
+
+
 def test_max_abs_error() -> None:
     a = np.array([[1.0, -2.0], [0.5, 0.0]])
     b = np.array([[1.5, -2.0], [0.5, -3.0]])

@@ -5,6 +5,7 @@ Each function takes a handful of arguments; the rest sit in a keyword-only optio
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,8 @@ def _versus(model: str, data: DataSpec, opts: CompareOptions, label: str,
             raise ConfigError(f"{given}: an artifact folder cannot be the model here; give a "
                               f"factory, a Hugging Face directory, or the folder's .onnx/.xml")
     name = Path(model).stem if Path(model).exists() else model.rsplit(":", 1)[-1]
+    # the run's name is a folder name: a model file called `My Model.onnx` must not fail it
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-._+")[:60] or "model"
     compiled = {"compile": True} if opts.runtime == "torch" else {}
     first: dict[str, Any] = {"name": f"{opts.runtime}-float", "runtime": opts.runtime,
                              "baseline": True, **compiled}

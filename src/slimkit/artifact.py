@@ -109,6 +109,10 @@ def load_artifact(path: Path, *, trust_code: bool = False) -> Model:
     for f in [path / name] + ([path / "model.bin"] if record.format == "openvino" else []):
         if not f.is_file():
             raise ModelLoadError(f"{path}: the artifact's {f.name} is missing")
+    if not trust_code:  # a folder from elsewhere: its model file is read before it is used
+        from slimkit.model import load_onnx, load_openvino
+
+        (load_onnx if record.format == "onnx" else load_openvino)(path / name)
     return FileModel(record.format, path / name, record.inputs, record.tokenizer,
                      dict(record.session_options))
 

@@ -8,11 +8,14 @@ before exiting with code 2.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,19 +28,38 @@ from pydantic import (
 
 from slimkit.bench.harness import BenchOptions
 from slimkit.data import DataSpec
-from slimkit.errors import ConfigError
+from slimkit.errors import ConfigError, SlimkitError, TechniqueError
 from slimkit.evaluate.evaluator import Task
-from slimkit.model import ModelRef
-from slimkit.registry import TechniqueConfig, parse_step
-from slimkit.runtimes.base import runtime_names
+from slimkit.model import Format, ModelRef, check_path_text
+from slimkit.registry import TechniqueConfig, clip, field_path, one_line, parse_step, quote
+from slimkit.runtimes.base import runtime_format, runtime_names
 
 Step = Annotated[SerializeAsAny[TechniqueConfig], BeforeValidator(parse_step)]
 
+# Recipe and candidate names become folders (runs/<name>, runs/<name>/<candidate>): no
+# separators, no `.`/`..`, nothing a file system or a shell would mangle, and short.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def _file_name(v: str) -> str:
+    if not _NAME.fullmatch(v):
+        raise ValueError(f"{quote(v)} cannot be a folder name: use 1 to 100 letters, digits, "
+                         f"'.', '_', '+' or '-', starting with a letter or digit")
+    return v
+
+
+def _path_text(v: str | None) -> str | None:
+    return None if v is None else check_path_text(v)
+
+
+SafeName = Annotated[str, AfterValidator(_file_name)]
+PathText = Annotated[str | None, AfterValidator(_path_text)]
+
 
 class CandidateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(min_length=1)
+    name: SafeName
     runtime: str
     steps: list[Step] = Field(default_factory=list)
     baseline: bool = False
@@ -51,7 +73,7 @@ class CandidateConfig(BaseModel):
     @classmethod
     def _known_runtime(cls, v: str) -> str:
         if v not in runtime_names():
-            raise ValueError(f"unknown runtime {v!r} (known: {', '.join(runtime_names())})")
+            raise ValueError(f"unknown runtime {quote(v)} (known: {', '.join(runtime_names())})")
         return v
 
     @model_validator(mode="after")
@@ -62,7 +84,7 @@ class CandidateConfig(BaseModel):
 
 
 class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     task: Task = "generic"
     batch_size: int = Field(32, gt=0)
@@ -72,9 +94,9 @@ class EvalConfig(BaseModel):
 
 
 class Recipe(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(min_length=1)
+    name: SafeName
     model: ModelRef
     data: DataSpec
     calibration: DataSpec | None = Field(
@@ -83,8 +105,8 @@ class Recipe(BaseModel):
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     benchmark: BenchOptions = Field(default_factory=BenchOptions)
     candidates: list[CandidateConfig] = Field(min_length=1)
-    output: str | None = Field(None, description="run directory; default runs/<name>")
-    cache_dir: str | None = Field(None, description="default $SLIMKIT_CACHE or ~/.cache/slimkit")
+    output: PathText = Field(None, description="run directory; default runs/<name>")
+    cache_dir: PathText = Field(None, description="default $SLIMKIT_CACHE or ~/.cache/slimkit")
 
     @model_validator(mode="after")
     def _check_candidates(self) -> Recipe:
@@ -92,8 +114,16 @@ class Recipe(BaseModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"candidates: duplicate name(s) {', '.join(dup)}")
+        folded = [n.casefold() for n in names]
+        clash = sorted({n for n in names if folded.count(n.casefold()) > 1})
+        if clash:  # one folder on macOS and Windows
+            raise ValueError(f"candidates: names differ only in case: {', '.join(clash)}")
         if sum(c.baseline for c in self.candidates) > 1:
             raise ValueError("candidates: more than one is marked baseline")
+        for i, cand in enumerate(self.candidates):
+            problem = _placement(cand.model or self.model, cand)
+            if problem:
+                raise ValueError(f"candidates[{i}]{problem}")
         return self
 
     @property
@@ -122,34 +152,204 @@ class Recipe(BaseModel):
         return yaml.safe_dump(raw, sort_keys=False)
 
 
+def _placement(ref: ModelRef, cand: CandidateConfig) -> str | None:
+    """Where a candidate cannot be built from its model's format, found before anything is:
+    otherwise the run goes on and that candidate fails at build time."""
+    try:
+        source = ref.resolved_format()
+    except (SlimkitError, OSError, ValueError):
+        return None  # reported in its own words when the model is loaded
+    start: Format = "torch" if source == "hf" else source
+    target = runtime_format(cand.runtime)
+    from slimkit.export import FORMAT_PATH  # no torch; the planner is needed only with steps
+
+    model = f"{'an' if start[0] in 'aeiou' else 'a'} {start} model"
+    if FORMAT_PATH.index(target) < FORMAT_PATH.index(start):
+        return (f".runtime: {model} cannot be served on {cand.runtime} (formats move "
+                f"{' -> '.join(FORMAT_PATH)}, never back)")
+    for j in range(len(cand.steps)):
+        if _plans(start, cand.steps[: j + 1], target):
+            continue
+        where = [r for r in runtime_names() if _plans(start, cand.steps[: j + 1],
+                                                      runtime_format(r))]
+        step = cand.steps[j].technique
+        runs = ", ".join(where) if where else "none"
+        return (f".steps[{j}]: {step} cannot run on the way from {model} to {cand.runtime} "
+                f"(runtimes it can run for here: {runs})")
+    return None
+
+
+def _plans(start: Format, steps: list[TechniqueConfig], target: Format) -> bool:
+    from slimkit.pipeline import plan
+
+    try:
+        plan(start, steps, target)
+    except TechniqueError:
+        return False
+    return True
+
+
+# A recipe is a few kilobytes; these bounds stop a hostile or broken file (an alias bomb, a
+# file nested thousands deep, a huge integer) long before it costs memory or a traceback.
+MAX_RECIPE_BYTES = 4 << 20
+MAX_DEPTH = 50
+MAX_NODES = 200_000
+MAX_INT_CHARS = 100
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently), deep
+    nesting (the composer recurses) and integers longer than Python converts."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # merged keys may be overridden; that is what merging is for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                    seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {quote(key, 60)} (first at line {first})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        if len(str(node.value)) > MAX_INT_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer of {len(str(node.value))} characters is too long",
+                node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_RecipeLoader.add_constructor("tag:yaml.org,2002:int", _RecipeLoader.construct_yaml_int)
 def load_recipe(path: Path | str) -> Recipe:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such recipe file")
+    name = clip(path, 120)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError(f"{path}: not valid YAML ({where}: {getattr(e, 'problem', e)})") from e
+        if not path.is_file():
+            raise ConfigError(f"{name}: no such recipe file")
+        with path.open("rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    except (OSError, ValueError) as e:  # unreadable, a symlink loop, a name too long
+        raise ConfigError(f"{name}: cannot read the recipe ({clip(e, 120)})") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{name}: larger than {MAX_RECIPE_BYTES >> 20} MiB, too large for a "
+                          f"recipe")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{name}: not UTF-8 text (byte {e.start})") from None
+    raw = _read_yaml(text, name)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of fields (name, model, data, ...)")
-    return parse_recipe(raw, str(path))
+        raise ConfigError(f"{name}: a recipe is a mapping of fields (name, model, data, ...)")
+    return parse_recipe(raw, name)
+
+
+def _read_yaml(text: str, name: str) -> Any:
+    loader = _RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_nodes(node, {}, set(), name)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        what = ", ".join(str(x) for x in (getattr(e, "context", None),
+                                          getattr(e, "problem", None)) if x) or str(e)
+        raise ConfigError(one_line(f"{name}: not valid YAML ({where}: {clip(what, 200)})")) \
+            from None
+    except (RecursionError, ValueError) as e:  # a bound above missed; still one line
+        raise ConfigError(f"{name}: not a readable recipe ({clip(e, 120)})") from None
+    finally:
+        loader.dispose()
+
+
+def _count_nodes(node: Any, sizes: dict[int, int], open_: set[int], name: str) -> int:
+    """Nodes of the document with every alias expanded, counted once per distinct node: an
+    alias bomb is a few lines that expand to billions, and validation would walk them all."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise ConfigError(f"{name}: not valid YAML (line {node.start_mark.line + 1}: an alias "
+                          f"refers to a node that contains it)")
+    open_.add(key)
+    children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                else node.value if isinstance(node, yaml.SequenceNode) else [])
+    total = 1 + sum(_count_nodes(c, sizes, open_, name) for c in children)
+    open_.discard(key)
+    if total > MAX_NODES:
+        raise ConfigError(f"{name}: more than {MAX_NODES} values once aliases are expanded; "
+                          f"too large for a recipe")
+    sizes[key] = total
+    return total
 
 
 def parse_recipe(raw: dict[str, Any], origin: str = "recipe") -> Recipe:
+    origin = clip(origin, 120)
     try:
+        bad = _non_finite(raw, [])
+        if bad is not None:
+            raise ConfigError(one_line(f"{origin}: {_loc(bad)}: not a finite number (got "
+                                       f"{_get(raw, bad)})"))
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{origin}: {describe_error(e, raw)}") from None
+        raise ConfigError(one_line(f"{origin}: {describe_error(e, raw)}")) from None
+    except RecursionError:
+        raise ConfigError(f"{origin}: nested too deeply to be a recipe") from None
+
+
+def _get(raw: Any, loc: list[Any]) -> Any:
+    for p in loc:
+        raw = raw[p]
+    return raw
+
+
+def _non_finite(raw: Any, where: list[Any]) -> list[Any] | None:
+    """Where the first NaN or infinity is: no recipe field means anything by them, and NaN
+    slips through every bound (`nan > 0` and `nan <= 1` are both false, so neither fails)."""
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return where
+    items = raw.items() if isinstance(raw, dict) else enumerate(raw) \
+        if isinstance(raw, list) else ()
+    for k, v in items:
+        found = _non_finite(v, [*where, k])
+        if found is not None:
+            return found
+    return None
 
 
 def describe_error(e: ValidationError, raw: Any) -> str:
-    """One line for the first error: where, and what is wrong, with a suggestion for typos."""
+    """One line for the first error: where, and what is wrong, with a suggestion for typos.
+
+    Values the user wrote are quoted cut short: one may be a megabyte long or span lines."""
     errors = e.errors()
     # A misspelled required key shows up twice (unknown + missing); the typo is the news.
     err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    loc = field_path(err["loc"])
     where = _loc(loc)
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -157,16 +357,16 @@ def describe_error(e: ValidationError, raw: Any) -> str:
     elif kind == "missing":
         msg = "required field is missing"
     else:
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = clip(err["msg"].removeprefix("Value error, "), 300)
         if "input" in err and kind not in ("value_error",) and not isinstance(err["input"], dict):
-            msg += f" (got {err['input']!r})"
-    return f"{where}: {msg}" if where else msg
+            msg += f" (got {quote(err['input'])})"
+    return one_line(f"{where}: {msg}" if where else msg)
 
 
 def _loc(loc: list[Any]) -> str:
     out = ""
     for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        out += f"[{p}]" if isinstance(p, int) else (f".{clip(p, 40)}" if out else clip(p, 40))
     return out
 
 

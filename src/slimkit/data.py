@@ -8,6 +8,7 @@ examples, `.npz`, a folder of images, `.jsonl`/`.txt` texts, or a Python factory
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slimkit.errors import DataError, ModelLoadError
+from slimkit.examples import EXAMPLES, SPLITS
 from slimkit.model import InputSpec, Model, import_object
 
 Source = Literal["example", "npz", "images", "text", "factory"]
@@ -46,7 +48,16 @@ class DataSpec(BaseModel):
         need = _NEEDS[self.source]
         if getattr(self, need) is None:
             raise ValueError(f"source {self.source!r} needs the field {need!r}")
+        if self.source == "example":  # found when the recipe is read, not minutes into a run
+            if self.name not in EXAMPLES:
+                raise ValueError(f"unknown example {self.name!r} (known: {', '.join(EXAMPLES)})")
+            if self.split not in SPLITS[self.name]:
+                raise ValueError(f"example {self.name!r} has no split {self.split!r} "
+                                 f"(it has: {', '.join(SPLITS[self.name])})")
         return self
+
+
+_DEFAULT_SPLIT = DataSpec.model_fields["split"].default
 
 
 @dataclass
@@ -108,7 +119,7 @@ def load_data(spec: DataSpec, model: Model) -> Dataset:
             factory = import_object(spec.factory or "", "data factory")
         except ModelLoadError as e:
             raise DataError(str(e)) from None
-        ds = factory(**spec.kwargs)
+        ds = factory(**_factory_kwargs(factory, spec))
         if not isinstance(ds, Dataset):
             raise DataError(f"{spec.factory}: returned {type(ds).__name__}, not slimkit.Dataset")
     else:
@@ -116,7 +127,7 @@ def load_data(spec: DataSpec, model: Model) -> Dataset:
         if not path.exists():
             raise DataError(f"{path}: no such file or directory")
         if spec.source == "npz":
-            ds = _load_npz(path, model.inputs)
+            ds = _load_npz(path, model.inputs, spec.limit)
         elif spec.source == "images":
             ds = _load_images(path, model.inputs)
         else:
@@ -127,11 +138,43 @@ def load_data(spec: DataSpec, model: Model) -> Dataset:
     return ds
 
 
+def _factory_kwargs(factory: Any, spec: DataSpec) -> dict[str, Any]:
+    """The recipe's `kwargs`, plus `split` and a set `limit` where the factory takes them. A
+    split the factory cannot take is refused: dropping it made calibrating steps read the
+    evaluation data. A factory whose signature cannot be read is given both."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+        named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        anything = any(p.kind is p.VAR_KEYWORD for p in params)
+    except (TypeError, ValueError):
+        named, anything = set(), True
+    given = dict(spec.kwargs)
+    unknown = [k for k in given if not anything and k not in named]
+    if unknown:
+        raise DataError(f"{spec.factory}: takes no parameter(s) {', '.join(unknown)}")
+    split_asked = "split" in spec.model_fields_set or spec.split != _DEFAULT_SPLIT
+    for key, value, asked in (("split", spec.split, split_asked),
+                              ("limit", spec.limit, spec.limit is not None)):
+        if key in given:
+            if asked:
+                raise DataError(f"{spec.factory}: {key} is given both as a field and in kwargs")
+        elif (anything or key in named) and value is not None:
+            given[key] = value
+        elif asked and key == "split":
+            raise DataError(f"{spec.factory}: takes no `split` parameter, so it cannot give "
+                            f"the split {spec.split!r}")
+    return given
+
+
 def check_fits(ds: Dataset, inputs: list[InputSpec]) -> None:
+    """Refuse data the model cannot take, or whose numbers would silently poison every
+    figure computed from it (NaN or infinite values, no rows at all)."""
     missing = [i.name for i in inputs if i.name not in ds.inputs]
     if missing:
         raise DataError(f"{ds.name}: has no array for model input(s) {', '.join(missing)} "
-                        f"(it has {', '.join(ds.inputs)})")
+                        f"(it has {', '.join(ds.inputs) or 'none'})")
+    if not ds.inputs or len(ds) == 0:
+        raise DataError(f"{ds.name}: has no rows")
     for spec in inputs:
         arr = ds.inputs[spec.name]
         if arr.ndim != len(spec.shape):
@@ -141,16 +184,41 @@ def check_fits(ds: Dataset, inputs: list[InputSpec]) -> None:
             if isinstance(want, int) and want != got:
                 raise DataError(f"{ds.name}: input {spec.name!r} axis {axis} is {got}, "
                                 f"the model expects {want}")
+        check_values(ds.name, spec.name, arr)
 
 
-def _load_npz(path: Path, inputs: list[InputSpec]) -> Dataset:
+def check_values(where: str, name: str, arr: np.ndarray) -> None:
+    """Numbers only (strings or objects fail deep inside a runtime), and all finite."""
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{where}: input {name!r} holds {arr.dtype} values, not numbers")
+    if arr.dtype.kind == "f" and arr.size:
+        bad = int((~np.isfinite(arr.reshape(len(arr), -1))).any(1).sum())
+        if bad:
+            raise DataError(f"{where}: input {name!r} has NaN or infinite values in {bad} of "
+                            f"{len(arr)} rows")
+
+
+def _load_npz(path: Path, inputs: list[InputSpec], limit: int | None = None) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        z = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single array, not an .npz file of named arrays")
+    arrays = {}
+    with z:
+        for k in z.files:
+            try:
+                arrays[k] = z[k]
+            except (ValueError, OSError) as e:  # object arrays need pickle, which is unsafe
+                raise DataError(f"{path}: array {k!r} is not readable as numbers "
+                                f"({str(e).splitlines()[0][:120]})") from e
+    arrays = {k: v[:limit] if v.ndim else v for k, v in arrays.items()}
     labels = arrays.pop("labels", None)
-    named = {i.name: arrays[i.name].astype(i.dtype, copy=False) for i in inputs if i.name in arrays}
+    wanted = [i for i in inputs if i.name in arrays]
+    for i in wanted:  # before the cast, which would turn NaN into arbitrary integers
+        check_values(path.name, i.name, arrays[i.name])
+    named = {i.name: arrays[i.name].astype(i.dtype, copy=False) for i in wanted}
     return Dataset(named or arrays, labels, path.name)
 
 

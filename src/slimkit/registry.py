@@ -8,6 +8,7 @@ in slimkit names a technique, so adding one touches one new file.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 class TechniqueConfig(BaseModel):
     """Base of every technique config: frozen, strict about unknown fields, YAML round-trips."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No option means anything as NaN or infinity, and NaN passes every comparison-free check.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     technique: str
     name: ClassVar[str] = ""
@@ -127,7 +129,7 @@ def technique_names() -> list[str]:
 def config_class(tag: str) -> type[TechniqueConfig]:
     _ensure_loaded()
     if tag not in _CONFIGS:
-        raise ConfigError(f"unknown technique {tag!r} (known: {', '.join(sorted(_CONFIGS))})")
+        raise ConfigError(f"unknown technique {quote(tag)} (known: {', '.join(sorted(_CONFIGS))})")
     return _CONFIGS[tag]
 
 
@@ -147,22 +149,78 @@ def parse_step(raw: Any) -> TechniqueConfig:
         if len(raw) != 1:
             raise ValueError("a step needs the field 'technique'")
         (tag, opts), = raw.items()
+        if not isinstance(tag, str):
+            raise ValueError(f"a step's key names a technique, not {quote(tag)}")
         if opts is not None and not isinstance(opts, dict):
-            raise ValueError(f"{tag}: options are a mapping such as {{dtype: fp16}}, "
-                             f"not {opts!r}")
-        raw = {"technique": tag, **(opts or {})}
+            raise ValueError(f"{clip(tag, 40)}: options are a mapping such as {{dtype: fp16}}, "
+                             f"not {quote(opts)}")
+        opts = opts or {}
+        # The key names the technique; an inner `technique:` saying otherwise would silently
+        # turn the step into another one.
+        if "technique" in opts and opts["technique"] != tag:
+            raise ValueError(f"{clip(tag, 40)}.technique: {quote(opts['technique'])} contradicts "
+                             f"the step's key {quote(tag)}")
+        raw = {"technique": tag, **opts}
+    if not isinstance(raw["technique"], str):
+        raise ValueError(f"technique: a name such as dynamic_int8, not {quote(raw['technique'])}")
     try:
-        cls = config_class(str(raw["technique"]))
+        cls = config_class(raw["technique"])
     except ConfigError as e:
-        raise ValueError(str(e)) from None
+        raise ValueError(one_line(str(e))) from None
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
+        loc = field_path(err["loc"])
+        where = ".".join(clip(p, 40) for p in loc)
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(err["loc"][-1]), list(cls.model_fields), n=1)
+            close = difflib.get_close_matches(str(loc[-1]), list(cls.model_fields), n=1)
             msg = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
         else:
-            msg = err["msg"]
-        raise ValueError(f"{cls.name}.{where}: {msg}") from None
+            msg = clip(err["msg"].removeprefix("Value error, "), 200)
+            if err["type"] != "value_error" and "input" in err \
+                    and not isinstance(err["input"], dict):
+                msg += f" (got {quote(err['input'])})"
+        raise ValueError(one_line(f"{cls.name}.{where}: {msg}")) from None
+
+
+# How pydantic names the member of a union (or a validator) it tried, inside a location:
+# `alpha.constrained-float`, `steps.0.function-before[parse_step()]`. Not the user's words.
+_TAG = re.compile(r"(constrained-\w+|function-[\w-]+\[.*\]|[\w-]+\[.*\]|float|int|str|bool|"
+                  r"bytes|none)")
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> list[Any]:
+    """A pydantic error location as the recipe spells it, without union and validator tags."""
+    return [p for p in loc if isinstance(p, int) or not _TAG.fullmatch(str(p))]
+
+
+# Messages quote what the user wrote; a value may be a megabyte or span lines, and the CLI
+# promises one short line.
+MESSAGE_LIMIT = 400
+# Everything str.splitlines() breaks at, and NUL, which terminals and logs mangle.
+_BREAKS = str.maketrans(dict.fromkeys("\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029\x00", " "))
+
+
+def clip(value: Any, limit: int = 80) -> str:
+    """`str(value)` on one line, cut to `limit` characters."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except ValueError:  # an int with more digits than Python converts
+        text = f"<{type(value).__name__} too long to show>"
+    text = text.translate(_BREAKS)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def quote(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters (repr escapes newlines, so it stays one line)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__} too long to show>"
+    return clip(text, limit)
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """A whole message as one line of at most `limit` characters."""
+    return clip(text, limit)

@@ -26,8 +26,17 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def sqnr_db(signal: np.ndarray, approx: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB; capped at 200 dB for identical outputs."""
+    """Signal-to-quantization-noise ratio in dB; capped at 200 dB for identical outputs.
+
+    NaN or infinite outputs are infinite noise, -inf dB, the worst score: the cap alone would
+    give them 200 dB, since `min(200.0, nan)` is 200. A reference that is not finite has no
+    ratio to give (NaN).
+    """
     s = signal.astype(np.float64)
+    if not np.isfinite(s).all():
+        return float("nan")
+    if not np.isfinite(approx).all():
+        return float("-inf")
     noise = float(((s - approx.astype(np.float64)) ** 2).sum())
     power = float((s**2).sum())
     if noise == 0.0:

@@ -8,6 +8,10 @@ from types import ModuleType
 from slimkit.errors import DataError
 
 EXAMPLES = {"minilm": "slimkit.examples.minilm", "digits": "slimkit.examples.digits"}
+# Each example's splits, written out here so that a recipe is checked when it is read,
+# without importing the examples (and torch with them).
+SPLITS = {"minilm": ("calibration", "train", "test", "all"),
+          "digits": ("test", "train", "calibration")}
 
 
 def example(name: str) -> ModuleType:

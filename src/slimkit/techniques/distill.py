@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from slimkit.errors import TechniqueError
 from slimkit.io import atomic_write_json
-from slimkit.model import Model, TorchModel, load_model
+from slimkit.model import Model, TorchModel, check_path_text, load_model
 from slimkit.registry import StepContext, TechniqueConfig, technique
 from slimkit.techniques.teacher_cache import OUTPUT, teacher_columns
 from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
@@ -71,11 +71,18 @@ class Distill(TechniqueConfig):
     max_minutes: float | None = Field(None, gt=0)
     patience: int | None = Field(None, gt=0, description="stop after this many epochs without "
                                                          "better agreement with the teacher")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="torch seeds are 64-bit; the loop "
+                      "derives others from it")
     device: str = "cpu"
 
     def needs_data(self) -> bool:
         return True
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_reference(cls, v: str) -> str:
+        # A model reference, checked as the recipe's own model is (empty, NUL, line breaks).
+        return check_path_text(v)
 
     @model_validator(mode="after")
     def _features_for_feature_loss(self) -> Distill:

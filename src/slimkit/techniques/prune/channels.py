@@ -10,7 +10,7 @@ or QAT); here BatchNorm statistics are only re-estimated on the calibration data
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -46,7 +46,7 @@ class PruneChannels(TechniqueConfig):
     samples: int = Field(256, gt=0, description="examples for importance and the scan")
     recalibrate_bn: bool = Field(True, description="re-estimate BatchNorm statistics after")
     ignore: list[str] = Field(default_factory=list, description="modules never pruned")
-    kept: dict[str, int] | None = Field(
+    kept: dict[str, Annotated[int, Field(ge=1)]] | None = Field(
         None, description="layer -> kept channels; the search records its choice here, so a "
                           "saved model rebuilds without data")
 

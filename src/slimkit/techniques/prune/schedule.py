@@ -46,7 +46,8 @@ class PruneTraining(TechniqueConfig):
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="torch seeds are 64-bit; the loop "
+                      "derives others from it")
     max_minutes: float | None = Field(None, gt=0, description="fine-tuning time budget")
 
     def needs_data(self) -> bool:

@@ -10,7 +10,7 @@ recorded in the step, so a saved artifact rebuilds the same shapes without data.
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -39,8 +39,11 @@ class PruneTransformer(TechniqueConfig):
     reconstruct: bool = Field(False, description="refit each layer's output projections by "
                                                  "least squares towards the unpruned model, "
                                                  "layer by layer, on the data")
-    heads: list[int] | None = Field(None, description="kept heads per layer (recorded)")
-    ffn: list[int] | None = Field(None, description="kept FFN width per layer (recorded)")
+    # At least one head and one FFN neuron stay in every layer (as the allocation keeps them).
+    heads: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="kept heads per layer (recorded)")
+    ffn: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="kept FFN width per layer (recorded)")
 
     always_shown = ("flops_ratio",)
     version = 2  # 2: reconstruction layer by layer, towards the unpruned model

@@ -19,6 +19,8 @@ from slimkit.io import atomic_write_json
 from slimkit.model import Model, TorchModel
 from slimkit.registry import StepContext, TechniqueConfig, technique
 
+_WIDTHS = (2, 3, 4, 5, 6, 7, 8, 16)
+
 
 class MixedPrecision(TechniqueConfig):
     technique: Literal["mixed_precision"] = "mixed_precision"
@@ -37,9 +39,17 @@ class MixedPrecision(TechniqueConfig):
     @field_validator("bits")
     @classmethod
     def _widths(cls, v: list[int]) -> list[int]:
-        if not v or any(b not in (2, 3, 4, 5, 6, 7, 8, 16) for b in v):
+        if not v or any(b not in _WIDTHS for b in v):
             raise ValueError("bits are chosen from 2..8 and 16")
         return sorted(set(v))
+
+    @field_validator("allocation")
+    @classmethod
+    def _allocated_widths(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        bad = next((b for b in (v or {}).values() if b not in _WIDTHS), None)
+        if bad is not None:
+            raise ValueError(f"allocation: {bad} bits; widths are 2..8 and 16")
+        return v
 
     def needs_data(self) -> bool:
         return True

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from slimkit.errors import TechniqueError
+from slimkit.io import atomic_write_json
 from slimkit.model import FileModel, Model
 from slimkit.registry import StepContext, TechniqueConfig, technique
 from slimkit.techniques.quantize.budget import Budget, measure
@@ -40,7 +42,8 @@ class WeightCompress(TechniqueConfig):
     technique: Literal["weight_compress"] = "weight_compress"
     always_shown = ("mode",)
     mode: Literal["int8_sym", "int8_asym", "int4_sym", "int4_asym", "nf4"] = "int4_sym"
-    group_size: int | None = Field(128, description="int4/nf4 group size; None per channel")
+    group_size: int | None = Field(128, gt=0, description="int4/nf4 group size; None per "
+                                                       "channel")
     ratio: float = Field(1.0, gt=0, le=1, description="share of layers in 4 bit, rest int8")
     all_layers: bool = Field(False, description="also compress embeddings and the last layer")
 
@@ -94,25 +97,128 @@ def nncf_int8(model: Model, config: NncfInt8, ctx: StepContext) -> Model:
 
 def _with_accuracy_control(nncf: Any, ir: Any, calib: Any, budget: Budget, ctx: StepContext,
                            names: list[str], kwargs: dict[str, Any]) -> Any:
-    """NNCF reverts layers to float until `validation_fn` is within `max_drop` of the float
-    model; slimkit's score is the cosine to the float model's outputs, or accuracy."""
+    """NNCF reverts layers to float until the float model's score minus the quantized one's
+    is within `max_drop`. The score must be a real metric in the budget's unit, higher better:
+    NNCF computes `quantized / initial` whenever the score falls, so a float score of 0 (as a
+    "minus the drop" score has) divides by zero."""
+    import tempfile
+
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     assert ctx.data is not None
-    n = min(len(ctx.data), 256)
-    val = ctx.data.head(n)
-    batches = [val.slice(i, i + 32) for i in range(0, n, 32)]
-    float_model = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    reference = np.concatenate([float_model(b)[0] for b in batches])
+    check = ctx.data.head(min(len(ctx.data), 256))
+    feeds = [{k: check.inputs[k][i : i + 32] for k in names} for i in range(0, len(check), 32)]
+    reference = _first_output(ov.Core().compile_model(ir, "CPU", _F32), feeds)
+    targets = _targets(budget, reference, check.labels)
+    score = _scorer(budget, reference, targets)
 
-    def validate(compiled: Any, items: Any) -> float:
-        out = np.concatenate([compiled(b)[0] for b in items])
-        q = measure(out, reference, val.labels)
-        return -(q.accuracy_drop or 0.0) if budget.max_drop is not None else q.cosine
+    def validate(compiled: Any, items: Any) -> tuple[float, list[list[np.ndarray]]]:
+        outs, rows = [], []
+        for feed, start in items:  # an item carries its rows, so any subset can be scored
+            outs.append(compiled(feed)[0])
+            rows.append(np.arange(start, start + len(outs[-1])))
+        # Outputs per item make NNCF rank layers by output error, finer than accuracy.
+        return score(np.concatenate(outs), np.concatenate(rows)), [[o] for o in outs]
 
-    max_drop = budget.max_drop if budget.max_drop is not None else 1.0 - (budget.min_cosine or 0)
-    return nncf.quantize_with_accuracy_control(
-        ir, calib, nncf.Dataset(batches), validate, max_drop=max_drop, **kwargs)
+    max_drop = budget.max_drop
+    if max_drop is None:
+        max_drop = score(reference, np.arange(len(reference))) - (budget.min_cosine or 0.0)
+    kwargs = dict(kwargs)
+    if "advanced_parameters" in kwargs:  # this entry point names it differently
+        kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
+    with tempfile.TemporaryDirectory(prefix="slimkit-nncf-") as tmp:
+        quantized = nncf.quantize_with_accuracy_control(
+            ir, calib, nncf.Dataset([(f, i * 32) for i, f in enumerate(feeds)], lambda x: x[0]),
+            validate, max_drop=max(max_drop, 0.0), drop_type=nncf.DropType.ABSOLUTE,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                intermediate_model_dir=tmp), **kwargs)
+        full = _quantized_ops(ov.Core().read_model(f"{tmp}/intermediate_model.xml"))
+    final = _first_output(ov.Core().compile_model(quantized, "CPU", _F32), feeds)
+    quality = measure(final, reference, targets)
+    report: dict[str, Any] = {
+        "kept_float": sorted(full - _quantized_ops(quantized)), "layers_total": len(full),
+        "budget": budget.model_dump(), "cosine": quality.cosine,
+        "accuracy_drop": quality.accuracy_drop, "within_budget": quality.within(budget),
+        "checked_on": len(check)}
+    if quality.accuracy_drop is not None:
+        report["drop_against"] = "labels" if check.labels is not None else "float top-1"
+    atomic_write_json(ctx.workdir / "quantization.json", report)
+    return quantized
+
+
+_F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def _first_output(compiled: Any, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([compiled(f)[0] for f in feeds])
+
+
+def _targets(budget: Budget, reference: np.ndarray, labels: np.ndarray | None,
+             ) -> np.ndarray | None:
+    """What accuracy is counted against: the labels, or without them the float model's own
+    top-1 (a drop is then disagreement with it). A cosine budget needs neither."""
+    if budget.max_drop is None:
+        return labels
+    if reference.ndim != 2:
+        raise TechniqueError(f"nncf_int8: max_drop needs class scores [batch, classes], the "
+                             f"model's first output has shape {list(reference.shape)}; "
+                             "use min_cosine")
+    return labels if labels is not None else reference.argmax(1)
+
+
+def _scorer(budget: Budget, reference: np.ndarray, targets: np.ndarray | None,
+            ) -> Callable[[np.ndarray, np.ndarray], float]:
+    """Score outputs for rows `rows` of the check data in the budget's unit: accuracy points,
+    or mean cosine to the float model."""
+    if budget.max_drop is not None:
+        assert targets is not None
+        return lambda out, rows: 100.0 * float((out.argmax(1) == targets[rows]).mean())
+    return lambda out, rows: measure(out, reference[rows], None).cosine
+
+
+_WEIGHT_PATH = {"Constant", "Convert", "Multiply", "Subtract", "Reshape", "Transpose",
+                "Unsqueeze"}
+_LOW_BIT = {"i8", "u8", "i4", "u4"}
+
+
+def _quantized_ops(model: Any) -> set[str]:
+    """Names of the operations NNCF quantized: of a type it quantizes, fed by a quantizer (a
+    FakeQuantize, or int8 weights decompressed on the fly) through value-preserving operations
+    such as MaxPool or Reshape. Both the fully quantized model and the final one are read this
+    way, so their difference is what accuracy control reverted to float."""
+    from nncf.openvino.graph.metatypes.groups import INPUTS_QUANTIZABLE_OPERATIONS as QUANT
+    from nncf.openvino.graph.metatypes.groups import QUANTIZE_AGNOSTIC_OPERATIONS as AGNOSTIC
+
+    quantizable = {n for m in QUANT for n in m.get_all_aliases()}
+    agnostic = {n for m in AGNOSTIC for n in m.get_all_aliases()} | {"Convert"}
+    constant: dict[str, bool] = {}
+
+    def parents(node: Any) -> list[Any]:
+        return [i.get_source_output().get_node() for i in node.inputs()]
+
+    def is_constant(node: Any) -> bool:  # weights and what decompresses them
+        name = node.get_friendly_name()
+        if name not in constant:
+            constant[name] = node.get_type_name() in _WEIGHT_PATH and (
+                node.get_type_name() == "Constant" or all(map(is_constant, parents(node))))
+        return constant[name]
+
+    def low_bit(node: Any) -> bool:
+        if node.get_type_name() == "Constant":
+            return node.get_output_element_type(0).get_type_name() in _LOW_BIT
+        return any(map(low_bit, parents(node)))
+
+    def quantizer(node: Any) -> bool:
+        if node.get_type_name() == "FakeQuantize":
+            return True
+        if is_constant(node):
+            return low_bit(node)
+        return node.get_type_name() in agnostic and quantizer(parents(node)[0])
+
+    return {op.get_friendly_name() for op in model.get_ops()
+            if op.get_type_name() in quantizable and not is_constant(op)
+            and any(map(quantizer, parents(op)))}
 
 
 @technique(WeightCompress, format="openvino", targets={"openvino"})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from slimkit.model import FileModel, Model
 from slimkit.registry import StepContext, TechniqueConfig, technique
@@ -20,9 +20,18 @@ class WeightOnlyInt4(TechniqueConfig):
     technique: Literal["weight_only_int4"] = "weight_only_int4"
     always_shown = ("mode", "group_size")
     mode: Literal["int4_sym", "int4_asym"] = "int4_sym"
-    group_size: int = Field(32, ge=16, description="a power of two, 16 or more")
+    # The quantizer pads every weight to whole blocks, so a huge block is a huge allocation.
+    group_size: int = Field(32, ge=16, le=4096, description="a power of two, 16 to 4096")
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         4, description="MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8")
+
+    @field_validator("group_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        # MatMulNBits defines blocks of a power of two, at least 16 (ONNX Runtime asserts it).
+        if v & (v - 1):
+            raise ValueError(f"{v} is not a power of two (16, 32, 64, 128, ...)")
+        return v
 
 
 @technique(WeightOnlyInt4, format="onnx", targets={"onnx"})

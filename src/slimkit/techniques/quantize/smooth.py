@@ -11,7 +11,7 @@ encoders the activation also feeds a residual path and cannot absorb it. The mig
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -24,8 +24,12 @@ from slimkit.registry import StepContext, TechniqueConfig, technique
 
 class SmoothQuant(TechniqueConfig):
     technique: Literal["smooth_quant"] = "smooth_quant"
-    alpha: float | Literal["search"] = "search"
-    alphas: list[float] = Field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    # The migration strength `a` of s_j = max|X_j|^a / max|W_j|^(1-a): 0 leaves activations
+    # alone, 1 moves all their range into the weights; outside [0, 1] both sides grow.
+    alpha: Annotated[float, Field(ge=0, le=1)] | Literal["search"] = "search"
+    alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], min_length=1,
+        description="strengths the search tries per layer")
     outlier_ratio: float = Field(8.0, gt=1, description="smooth layers whose largest input "
                                                         "channel exceeds the median by this")
     samples: int = Field(64, gt=0)
