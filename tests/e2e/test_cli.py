@@ -21,6 +21,10 @@ def slimkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           text=True, env=env, cwd=cwd, timeout=600)
 
 
+# an ONNX model cannot go back to torch, so file tests serve it on ONNX Runtime
+ORT_ONLY = [{"name": "ort", "runtime": "onnxruntime"}]
+
+
 def recipe(tmp: Path, **changes: object) -> Path:
     raw = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
     raw["output"] = str(tmp / "run")
@@ -57,7 +61,7 @@ def test_misspelled_technique_option(tmp_path: Path):
 
 
 def test_missing_model_file(tmp_path: Path):
-    path = recipe(tmp_path, model={"source": str(tmp_path / "nope.onnx")})
+    path = recipe(tmp_path, model={"source": str(tmp_path / "nope.onnx")}, candidates=ORT_ONLY)
     proc = slimkit("run", str(path), cwd=tmp_path)
     assert_one_line_error(proc, "nope.onnx", "no such file")
     assert not (tmp_path / "run").exists()
@@ -66,7 +70,7 @@ def test_missing_model_file(tmp_path: Path):
 def test_corrupt_onnx(tmp_path: Path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(os.urandom(4096))
-    path = recipe(tmp_path, model={"source": str(bad)})
+    path = recipe(tmp_path, model={"source": str(bad)}, candidates=ORT_ONLY)
     proc = slimkit("run", str(path), cwd=tmp_path)
     assert_one_line_error(proc, "model.onnx", "not a valid ONNX model")
     assert not (tmp_path / "run").exists()
