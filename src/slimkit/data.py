@@ -1,30 +1,29 @@
-"""Datasets for calibration, evaluation and benchmarking.
+"""Datasets for calibration, evaluation and benchmarking, and the sources they come from.
 
-A dataset is held as whole arrays, one per model input, already padded to a fixed shape, so a
-batch is a slice and every runtime sees the very same numbers. One adapter per source: bundled
-examples, `.npz`, a folder of images, `.jsonl`/`.txt` texts, or a Python factory.
+Each kind of source (a bundled example, `.npz`, a folder of images, `.jsonl`/`.txt` texts, a
+Python factory) is a reader registered in one table under the name a recipe gives as
+`source`; a new kind is one more `@source(...)` function, and no chain of cases grows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slimkit.dataset import Dataset, cut_tokens, synthetic, token_lengths, tokenize
 from slimkit.errors import DataError, ModelLoadError
 from slimkit.examples import EXAMPLES, SPLITS
-from slimkit.model import InputSpec, Model, import_object
+from slimkit.formats.base import InputSpec, Model, import_object
 
-Source = Literal["example", "npz", "images", "text", "factory"]
-_NEEDS = {"example": "name", "npz": "path", "images": "path", "text": "path",
-          "factory": "factory"}
+__all__ = ["SOURCES", "DataSpec", "Dataset", "Source", "check_fits", "check_values",
+           "cut_tokens", "load_data", "source", "synthetic", "token_lengths", "tokenize"]
 
 
 class DataSpec(BaseModel):
@@ -32,7 +31,7 @@ class DataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: Source
+    source: str = Field(description="example, npz, images, text or factory")
     name: str | None = Field(None, description="bundled example: minilm, digits")
     path: str | None = None
     factory: str | None = Field(None, description="package.module:function returning a Dataset")
@@ -43,98 +42,110 @@ class DataSpec(BaseModel):
     label_field: str = "label"
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(f"unknown source {v!r} (known: {', '.join(SOURCES)})")
+        return v
+
     @model_validator(mode="after")
     def _has_required_field(self) -> DataSpec:
-        need = _NEEDS[self.source]
-        if getattr(self, need) is None:
-            raise ValueError(f"source {self.source!r} needs the field {need!r}")
-        if self.source == "example":  # found when the recipe is read, not minutes into a run
-            if self.name not in EXAMPLES:
-                raise ValueError(f"unknown example {self.name!r} (known: {', '.join(EXAMPLES)})")
-            if self.split not in SPLITS[self.name]:
-                raise ValueError(f"example {self.name!r} has no split {self.split!r} "
-                                 f"(it has: {', '.join(SPLITS[self.name])})")
+        kind = SOURCES[self.source]
+        if getattr(self, kind.needs) is None:
+            raise ValueError(f"source {self.source!r} needs the field {kind.needs!r}")
+        if kind.check is not None:  # found when the recipe is read, not minutes into a run
+            kind.check(self)
         return self
 
 
 _DEFAULT_SPLIT = DataSpec.model_fields["split"].default
 
+Reader = Callable[[DataSpec, Model], Dataset]
 
-@dataclass
-class Dataset:
-    inputs: dict[str, np.ndarray]
-    labels: np.ndarray | None = None
-    name: str = "data"
 
-    def __post_init__(self) -> None:
-        sizes = {len(v) for v in self.inputs.values()}
-        if self.labels is not None:
-            sizes.add(len(self.labels))
-        if len(sizes) > 1:
-            raise DataError(f"{self.name}: inputs and labels differ in length ({sorted(sizes)})")
+@dataclass(frozen=True)
+class Source:
+    """One kind of source: the DataSpec field it needs, how it reads, what it checks early."""
 
-    def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+    name: str
+    needs: str
+    read: Reader
+    check: Callable[[DataSpec], None] | None = None
 
-    def slice(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        return {k: v[start:stop] for k, v in self.inputs.items()}
 
-    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(0, len(self), batch_size):
-            yield self.slice(i, i + batch_size)
+SOURCES: dict[str, Source] = {}
 
-    def rows(self, start: int, stop: int) -> Dataset:
-        labels = None if self.labels is None else self.labels[start:stop]
-        return Dataset(self.slice(start, stop), labels, self.name)
 
-    def head(self, n: int) -> Dataset:
-        return self.rows(0, n)
+def source(name: str, needs: str,
+           check: Callable[[DataSpec], None] | None = None) -> Callable[[Reader], Reader]:
+    """Register the decorated reader for the source kind `name`."""
 
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for k in sorted(self.inputs):
-            v = np.ascontiguousarray(self.inputs[k])
-            h.update(f"{k}{v.dtype}{v.shape}".encode())
-            h.update(v.tobytes())
-        if self.labels is not None:
-            h.update(np.ascontiguousarray(self.labels).tobytes())
-        return h.hexdigest()
+    def register(read: Reader) -> Reader:
+        if name in SOURCES:
+            raise ValueError(f"data source {name!r} is registered already")
+        SOURCES[name] = Source(name, needs, read, check)
+        return read
 
-    def save_npz(self, path: Path) -> None:
-        arrays = dict(self.inputs)
-        if self.labels is not None:
-            arrays["labels"] = self.labels
-        np.savez(path, **arrays)
+    return register
 
 
 def load_data(spec: DataSpec, model: Model) -> Dataset:
     """Read a dataset and check it against the model's inputs."""
-    if spec.source == "example":
-        from slimkit.examples import example
-
-        ds = example(spec.name or "").load_data(split=spec.split, max_length=spec.max_length,
-                                                **spec.kwargs)
-    elif spec.source == "factory":
-        try:
-            factory = import_object(spec.factory or "", "data factory")
-        except ModelLoadError as e:
-            raise DataError(str(e)) from None
-        ds = factory(**_factory_kwargs(factory, spec))
-        if not isinstance(ds, Dataset):
-            raise DataError(f"{spec.factory}: returned {type(ds).__name__}, not slimkit.Dataset")
-    else:
-        path = Path(spec.path or "")
-        if not path.exists():
-            raise DataError(f"{path}: no such file or directory")
-        if spec.source == "npz":
-            ds = _load_npz(path, model.inputs, spec.limit)
-        elif spec.source == "images":
-            ds = _load_images(path, model.inputs)
-        else:
-            ds = _load_texts(path, spec, model)
+    ds = SOURCES[spec.source].read(spec, model)
     if spec.limit:
         ds = ds.head(spec.limit)
     check_fits(ds, model.inputs)
+    return ds
+
+
+def _existing_path(spec: DataSpec) -> Path:
+    path = Path(spec.path or "")
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    return path
+
+
+def _check_example(spec: DataSpec) -> None:
+    if spec.name not in EXAMPLES:
+        raise ValueError(f"unknown example {spec.name!r} (known: {', '.join(EXAMPLES)})")
+    if spec.split not in SPLITS[spec.name]:
+        raise ValueError(f"example {spec.name!r} has no split {spec.split!r} "
+                         f"(it has: {', '.join(SPLITS[spec.name])})")
+
+
+@source("example", needs="name", check=_check_example)
+def _read_example(spec: DataSpec, model: Model) -> Dataset:
+    from slimkit.examples import example
+
+    return example(spec.name or "").load_data(split=spec.split, max_length=spec.max_length,
+                                              **spec.kwargs)
+
+
+@source("npz", needs="path")
+def _read_npz(spec: DataSpec, model: Model) -> Dataset:
+    return _load_npz(_existing_path(spec), model.inputs, spec.limit)
+
+
+@source("images", needs="path")
+def _read_images(spec: DataSpec, model: Model) -> Dataset:
+    return _load_images(_existing_path(spec), model.inputs)
+
+
+@source("text", needs="path")
+def _read_texts(spec: DataSpec, model: Model) -> Dataset:
+    return _load_texts(_existing_path(spec), spec, model)
+
+
+@source("factory", needs="factory")
+def _read_factory(spec: DataSpec, model: Model) -> Dataset:
+    try:
+        factory = import_object(spec.factory or "", "data factory")
+    except ModelLoadError as e:
+        raise DataError(str(e)) from None
+    ds = factory(**_factory_kwargs(factory, spec))
+    if not isinstance(ds, Dataset):
+        raise DataError(f"{spec.factory}: returned {type(ds).__name__}, not slimkit.Dataset")
     return ds
 
 
@@ -276,46 +287,3 @@ def _load_texts(path: Path, spec: DataSpec, model: Model) -> Dataset:
     arrays = tokenize(texts, model.tokenizer, spec.max_length, [i.name for i in model.inputs])
     y = np.asarray(labels) if len(labels) == len(texts) else None
     return Dataset(arrays, y, path.name)
-
-
-def token_lengths(mask: np.ndarray) -> np.ndarray:
-    """Per row, one past the last position a padding mask uses (0 for an empty row): the
-    width a batch of such rows can be cut to, whether padded on the right or the left."""
-    used = np.asarray(mask) != 0
-    return np.where(used.any(1), used.shape[1] - used[:, ::-1].argmax(1), 0)
-
-
-def cut_tokens(batch: dict[str, Any], width: int, columns: set[str]) -> dict[str, Any]:
-    """The batch with its token-axis `columns` (arrays or tensors) cut to `width`."""
-    return {k: v[:, :width] if k in columns else v for k, v in batch.items()}
-
-
-def tokenize(texts: list[str], tokenizer: str, max_length: int,
-             names: list[str]) -> dict[str, np.ndarray]:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer)
-    enc = tok(texts, padding="max_length", truncation=True, max_length=max_length,
-              return_tensors="np")
-    return {n: np.asarray(enc[n], dtype=np.int64) for n in names if n in enc}
-
-
-def synthetic(inputs: list[InputSpec], n: int, dims: dict[str, int] | None = None,
-              seed: int = 0) -> Dataset:
-    """Inputs from the signature alone, for `slimkit bench MODEL` without data.
-
-    Integer inputs get small positive ids (valid token ids and masks of ones would be better
-    than random; real data is better still and should be given when there is any).
-    """
-    rng = np.random.default_rng(seed)
-    dims = dims or {}
-    arrays = {}
-    for spec in inputs:
-        shape = [n] + [d if isinstance(d, int) else dims.get(d, 128) for d in spec.shape[1:]]
-        if "mask" in spec.name:
-            arrays[spec.name] = np.ones(shape, dtype=spec.dtype)
-        elif spec.dtype.startswith(("int", "uint")):
-            arrays[spec.name] = rng.integers(1000, 2000, shape).astype(spec.dtype)
-        else:
-            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-    return Dataset(arrays, None, "synthetic")

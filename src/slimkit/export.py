@@ -1,119 +1,12 @@
-"""Format conversions: torch -> ONNX -> OpenVINO IR.
-
-Conversions run as pipeline steps like any technique, so they are cached and appear in a
-candidate's lineage.
-"""
+"""Format conversions, run as pipeline steps like any technique, so they are cached and appear
+in a candidate's lineage. The conversions themselves are registered edges of the format graph
+(`slimkit.formats`); this module keeps their public names."""
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
+from slimkit.formats.graph import EXPORT_VERSION, convert, path_between
+from slimkit.formats.onnx_export import OPSET, to_onnx
+from slimkit.formats.openvino import to_openvino
 
-import numpy as np
-
-from slimkit.data import Dataset, synthetic
-from slimkit.errors import TechniqueError
-from slimkit.model import FileModel, Format, Model, TorchModel
-
-# The order models move in; a model never moves back.
-FORMAT_PATH: list[Format] = ["torch", "onnx", "openvino"]
-OPSET = 17
-# Part of the export step's cache key: bump it when exported graphs change.
-# 2: Hugging Face attention exported in eager form. 3, 4: constant QuantizeLinear folded.
-EXPORT_VERSION = 4
-
-
-def convert(model: Model, target: Format, workdir: Path, example: Dataset | None = None) -> Model:
-    """Convert one hop along FORMAT_PATH."""
-    if model.format == "torch" and target == "onnx":
-        assert isinstance(model, TorchModel)
-        return to_onnx(model, workdir / "model.onnx", example)
-    if model.format == "onnx" and target == "openvino":
-        assert isinstance(model, FileModel)
-        return to_openvino(model, workdir / "model.xml")
-    raise TechniqueError(f"cannot convert a {model.format} model to {target}")
-
-
-def to_onnx(model: TorchModel, path: Path, example: Dataset | None = None) -> FileModel:
-    """Export with dynamic batch (and sequence) axes.
-
-    Uses the TorchScript-based exporter: on the encoders tried (BERT family) torch 2.13's
-    dynamo exporter wrote an invalid graph (a duplicated output name) and external weight files,
-    while this one gives a single valid file that every runtime here reads.
-    """
-    import torch
-
-    sample = (example.head(2) if example is not None and len(example) >= 2
-              else synthetic(model.inputs, 2, {"sequence": 16}))
-    args = tuple(torch.from_numpy(np.ascontiguousarray(sample.inputs[i.name]))
-                 for i in model.inputs)
-    names = [i.name for i in model.inputs]
-    axes = {i.name: {k: d for k, d in enumerate(i.shape) if isinstance(d, str)}
-            for i in model.inputs}
-    module = _eager_attention(model.module)
-    with torch.inference_mode():
-        out = module(*args)
-    n_out = len(out) if isinstance(out, (tuple, list)) else 1
-    out_names = ["output"] if n_out == 1 else [f"output_{k}" for k in range(n_out)]
-    for o in out_names:
-        axes[o] = {0: "batch"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, str(path), input_names=names,
-                              output_names=out_names, dynamic_axes=axes, opset_version=OPSET,
-                              dynamo=False, do_constant_folding=True)
-    except Exception as e:
-        raise TechniqueError(f"ONNX export failed: {str(e).splitlines()[0][:300]}") from e
-    _fold_quantized_weights(path)
-    return FileModel("onnx", path, model.inputs, model.tokenizer)
-
-
-def _fold_quantized_weights(path: Path) -> None:
-    """Weights that training left as QuantizeLinear(float) are stored as int8 instead."""
-    import onnx
-
-    from slimkit.techniques.quantize.onnx_graph import fold_constant_quantize
-
-    proto = onnx.load(str(path))
-    if fold_constant_quantize(proto):
-        onnx.save(proto, str(path))
-
-
-def _eager_attention(module: object) -> object:
-    """A copy whose Hugging Face submodules compute attention explicitly (no SDPA kernel).
-
-    The traced graph is then the textbook MatMul-Softmax-MatMul that ONNX Runtime's transformer
-    fusions recognise and that its kernels run faster (MiniLM, batch 32, sequence 128: 116 vs
-    102 sequences/s on 2 threads, unfused).
-    """
-    import copy
-
-    def uses_sdpa(m: object) -> bool:
-        return hasattr(m, "set_attn_implementation") and \
-            getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa"
-
-    if not any(uses_sdpa(m) for m in module.modules()):  # type: ignore[attr-defined]
-        return module
-    module = copy.deepcopy(module)
-    for m in module.modules():  # type: ignore[attr-defined]
-        if uses_sdpa(m):
-            m.set_attn_implementation("eager")
-    return module
-
-
-def to_openvino(model: FileModel, path: Path) -> FileModel:
-    import openvino as ov
-
-    ir = ov.convert_model(str(model.path))
-    ov.save_model(ir, str(path), compress_to_fp16=False)
-    return FileModel("openvino", path, model.inputs, model.tokenizer, dict(model.session_options))
-
-
-def path_between(start: Format, end: Format) -> list[Format]:
-    """Formats from `start` to `end` inclusive, or an error if `end` lies behind."""
-    i, j = FORMAT_PATH.index(start), FORMAT_PATH.index(end)
-    if j < i:
-        raise TechniqueError(f"a {start} model cannot be turned back into {end}")
-    return FORMAT_PATH[i : j + 1]
+__all__ = ["EXPORT_VERSION", "OPSET", "convert", "path_between", "to_onnx",
+           "to_openvino"]

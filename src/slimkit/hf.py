@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import ModelLoadError
-from slimkit.model import Head, InputSpec, TorchModel
+from slimkit.formats.base import Head, InputSpec, TorchModel
 
 
 class MeanPoolEmbedder(nn.Module):

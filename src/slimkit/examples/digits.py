@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.data import Dataset
+from slimkit.dataset import Dataset
 from slimkit.errors import DataError
-from slimkit.model import InputSpec, TorchModel
+from slimkit.formats.base import InputSpec, TorchModel
 
 VERSION = "2"  # bump when the architecture or training changes, to retrain
 INPUTS = [InputSpec(name="image", dtype="float32", shape=["batch", 1, 8, 8])]

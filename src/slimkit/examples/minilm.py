@@ -13,10 +13,10 @@ import inspect
 import re
 import warnings
 
-from slimkit.data import Dataset, tokenize
+from slimkit.dataset import Dataset, tokenize
 from slimkit.errors import DataError
+from slimkit.formats.base import TorchModel
 from slimkit.hf import load_hf
-from slimkit.model import TorchModel
 
 # A fixed list keeps the corpus the same from run to run on one Python version.
 _MODULES = [
