@@ -1,5 +1,6 @@
 """Training shared by every technique that fine-tunes a model (distillation, QAT, pruning)."""
 
-from slimkit.train.loop import FitResult, LossFn, TrainSettings, fit
+from slimkit.train.loop import TrainRun, fit
+from slimkit.train.settings import FitResult, LossFn, TrainSettings
 
-__all__ = ["FitResult", "LossFn", "TrainSettings", "fit"]
+__all__ = ["FitResult", "LossFn", "TrainRun", "TrainSettings", "fit"]

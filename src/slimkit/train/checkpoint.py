@@ -85,3 +85,28 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     for idx, values in scalars.items():
         state.setdefault(int(idx), {}).update(values)
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}/{k}": v for k, v in tensors.items()}
+
+
+def weights(module: torch.nn.Module,
+            extras: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The module's state and the extra parameters under one set of names (not copies)."""
+    return {**prefixed("model", module.state_dict()),
+            **{f"extra/{i}": p.data for i, p in enumerate(extras)}}
+
+
+def snapshot(module: torch.nn.Module,
+             extras: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Copies of `weights`, kept while training goes on (the best epoch so far)."""
+    return {k: v.detach().clone() for k, v in weights(module, extras).items()}
+
+
+def load_snapshot(snap: dict[str, torch.Tensor], module: torch.nn.Module,
+                  extras: list[torch.nn.Parameter]) -> None:
+    module.load_state_dict({k[6:]: v for k, v in snap.items() if k.startswith("model/")})
+    with torch.no_grad():
+        for i, p in enumerate(extras):
+            p.copy_(snap[f"extra/{i}"])

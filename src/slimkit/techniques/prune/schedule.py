@@ -3,8 +3,8 @@
 Pruning a trained network all at once costs accuracy that fine-tuning has to win back; raising
 the sparsity gradually while training (Zhu & Gupta, 2017) lets the remaining weights take over
 as their neighbours go. Both unstructured and N:M pruning share the pieces here: which layers
-are candidates, holding pruned weights at zero through optimizer steps, the loss to fine-tune
-on, and the per-layer table written beside the artifact.
+are candidates, holding pruned weights at zero through optimizer steps, what fine-tuning
+trains towards, and the per-layer table written beside the artifact.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 
     from slimkit.data import Dataset
     from slimkit.model import TorchModel
-    from slimkit.train.loop import FitResult
+    from slimkit.train import FitResult
+    from slimkit.train.recover import Objective
 
 DENSE_RUNTIME_NOTE = (
     "ONNX Runtime and OpenVINO run these weights with dense CPU kernels, so the zeros still "
@@ -36,6 +38,9 @@ DENSE_RUNTIME_NOTE = (
 class PruneTraining(TechniqueConfig):
     """Options shared by the pruning techniques: which layers, and the fine-tuning."""
 
+    # 2: fine-tuning by distillation computes the unpruned model's outputs once, before
+    # training (in other batches than the steps', so they may round differently)
+    version = 2
     exclude: list[str] | None = Field(
         None, description="fnmatch globs of layers left dense; None: the first and the last "
                           "Conv/Linear layer (input stem and output head)")
@@ -89,13 +94,21 @@ def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) ->
             layers[name].weight.masked_fill_(~mask.to(layers[name].weight.device), 0.0)
 
 
-def training_loss(model: TorchModel, config: PruneTraining,
-                  ctx: StepContext) -> Callable[..., torch.Tensor] | None:
+@dataclass
+class FineTune:
+    """What pruning's fine-tuning trains towards: the labels, or the outputs of the network as
+    it was before pruning (`teacher`, a frozen copy)."""
+
+    objective: Objective
+    teacher: nn.Module | None
+
+
+def training_target(model: TorchModel, config: PruneTraining,
+                  ctx: StepContext) -> FineTune | None:
     """Cross entropy on the labels when there are labels, else the distance to the outputs of
     the network as it is now (call this before pruning: the frozen copy is the teacher).
     None when there is no fine-tuning."""
-    import torch
-    from torch.nn import functional as F
+    from slimkit.train.recover import Objective
 
     if config.epochs == 0:
         return None
@@ -109,23 +122,8 @@ def training_loss(model: TorchModel, config: PruneTraining,
         raise TechniqueError(f"{config.technique}: loss is 'labels' but the model's output "
                              "does not score the data's classes")
     if logits and config.loss != "distill":
-        def supervised(module: nn.Module, inputs: dict[str, torch.Tensor],
-                       labels: torch.Tensor | None) -> torch.Tensor:
-            assert labels is not None
-            return F.cross_entropy(module(**inputs), labels)
-
-        return supervised
-    teacher = copy.deepcopy(model.module).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-
-    def distilled(module: nn.Module, inputs: dict[str, torch.Tensor],
-                  labels: torch.Tensor | None) -> torch.Tensor:
-        with torch.no_grad():
-            target = teacher(**inputs)
-        return F.mse_loss(module(**inputs), target)
-
-    return distilled
+        return FineTune(Objective(loss="labels"), None)
+    return FineTune(Objective(loss="mse"), copy.deepcopy(model.module).eval())
 
 
 def _logits_for(model: TorchModel, data: Dataset) -> bool:
@@ -140,18 +138,21 @@ def _logits_for(model: TorchModel, data: Dataset) -> bool:
     return uses_labels(out, label_tensor(data.labels))
 
 
-def fine_tune(module: nn.Module, loss: Callable[..., torch.Tensor] | None,
-              config: PruneTraining, ctx: StepContext,
-              after_step: Callable[[int, int], None], title: str) -> FitResult | None:
-    """Train `module` in place through the shared loop; `after_step` keeps the masks."""
-    if loss is None or ctx.data is None:
+def fine_tune(module: nn.Module, tuning: FineTune | None, config: PruneTraining,
+              ctx: StepContext, after_step: Callable[[int, int], None],
+              title: str) -> FitResult | None:
+    """Train `module` in place through the shared recovery entry; `after_step` keeps the
+    masks."""
+    if tuning is None or ctx.data is None:
         return None
-    from slimkit.train.loop import TrainSettings, fit
+    from slimkit.train import TrainSettings
+    from slimkit.train.recover import recover
 
     settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                              weight_decay=config.weight_decay, seed=config.seed,
                              max_minutes=config.max_minutes, checkpoint_dir=ctx.checkpoints)
-    return fit(module, loss, ctx.data, settings, after_step=after_step, title=title)
+    return recover(module, tuning.teacher, ctx.data, tuning.objective, settings,
+                   after_step=after_step, title=title, owner=config.technique).fit
 
 
 def layer_table(layers: dict[str, nn.Module], pruned: set[str]) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""A frozen teacher's outputs, computed once before distillation starts.
+"""A frozen teacher's outputs, computed once before a student trains towards them.
 
 The teacher is frozen and in eval mode, so it gives the same outputs every epoch; running it at
 every step repeats work (a fifth of each step distilling a pruned MiniLM in bf16). Computed
@@ -34,7 +34,7 @@ def teacher_columns(run: RunTeacher, data: Dataset, device: str, cap_bytes: floa
                     mask: str | None = None, sequence_columns: tuple[str, ...] = (),
                     precision: str = "fp32") -> dict[str, np.ndarray] | None:
     """The teacher's outputs for every row, as columns to add to `data`; None when the hidden
-    states would take more than `cap_bytes` (or half the available memory).
+    states would take more than `cap_bytes`, or all of it more than half the available memory.
 
     Rows run in batches of similar length cut to their longest text (`mask` names the padding
     mask), so the pass costs about one epoch of teacher forwards. Padding positions hold zeros
@@ -73,10 +73,12 @@ def teacher_columns(run: RunTeacher, data: Dataset, device: str, cap_bytes: floa
 def _allocate(columns: dict[str, np.ndarray], n: int, out: torch.Tensor,
               states: list[torch.Tensor], full: int | None, cap_bytes: float) -> bool:
     """Make the zeroed columns, sized from the first batch (`full`: the uncut token width),
-    if the token states fit the cap."""
+    if the token states fit the cap and everything fits in half the available memory (a
+    per-token output is as large as a layer's states)."""
     shapes = [(n, full or s.shape[1], *s.shape[2:]) for s in states]
     need = sum(int(np.prod(shape)) * 2 for shape in shapes)
-    if states and (need > cap_bytes or need > psutil.virtual_memory().available / 2):
+    outputs = n * int(np.prod(out.shape[1:])) * 4
+    if (states and need > cap_bytes) or need + outputs > psutil.virtual_memory().available / 2:
         return False
     columns[OUTPUT] = np.zeros((n, *out.shape[1:]), dtype=np.float32)
     for i, shape in enumerate(shapes):
