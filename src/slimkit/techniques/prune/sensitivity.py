@@ -18,6 +18,8 @@ from torch import nn
 
 from slimkit.data import Dataset
 from slimkit.errors import TechniqueError
+from slimkit.evaluate.fidelity import relative_error
+from slimkit.techniques.allocate import buy_while_it_helps, cut_to
 from slimkit.techniques.prune.graph import Group, apply_kept, mask, unmask
 from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
 
@@ -37,13 +39,14 @@ def quality_loss(module: nn.Module, data: Dataset, names: list[str]) -> Quality:
     labels = label_tensor(data.labels)
     by_labels = uses_labels(reference, labels)
 
+    # Cross-entropy, not accuracy: a scan prunes a little at a time, and accuracy on a few
+    # hundred examples moves in steps too coarse to rank the levels by.
     def loss(m: nn.Module) -> float:
         out = outputs(m)
         if by_labels:
             assert labels is not None
             return float(nn.functional.cross_entropy(out, labels))
-        power = float((reference**2).mean()) or 1.0
-        return float(((out - reference) ** 2).mean()) / power
+        return relative_error(out, reference)
 
     base = loss(module)
     return lambda m: loss(m) - base
@@ -105,37 +108,20 @@ class FlopsModel:
 
 def allocate(groups: list[Group], curves: dict[str, dict[int, float]], flops: FlopsModel,
              target: float) -> dict[str, int]:
-    """Kept count per group reaching `target` FLOPs with the least summed quality loss."""
-    kept = {g.root: g.channels for g in groups}
-
-    def loss(root: str, k: int) -> float:
-        return curves[root].get(k, 0.0)
-
-    while flops(kept) > target:
-        now = flops(kept)
-        best: tuple[float, str, int] | None = None
-        for g in groups:
-            for k in curves[g.root]:
-                if k >= kept[g.root]:
-                    continue
-                saved = now - flops({**kept, g.root: k})
-                if saved <= 0:
-                    continue
-                score = (loss(g.root, k) - loss(g.root, kept[g.root])) / saved
-                if best is None or score < best[0]:
-                    best = (score, g.root, k)
-        if best is None:
-            floor = flops({g.root: min(curves[g.root], default=g.channels) for g in groups})
-            raise TechniqueError(f"prune_channels: the FLOPs target is out of reach; the most "
-                                 f"the scanned levels remove leaves {floor / flops({}):.2f}")
-        kept[best[1]] = best[2]
-    # The last step may overshoot: give channels back where the budget still holds.
-    while True:
-        gains = [(loss(g.root, kept[g.root]) - loss(g.root, k), g.root, k)
-                 for g in groups for k in [*curves[g.root], g.channels]
-                 if k > kept[g.root] and flops({**kept, g.root: k}) <= target]
-        gains = [x for x in gains if x[0] > 0]
-        if not gains:
-            return kept
-        _, root, k = max(gains)
-        kept[root] = k
+    """Kept count per group reaching `target` FLOPs with the least summed quality loss: cut
+    the step that loses least per FLOP saved until the target is met, then, since the last cut
+    may overshoot, give back whichever level removes most loss while the target still holds.
+    FLOPs do not add up per group (a group's count also thins the next layer's inputs), so the
+    allocation is scored on the whole network's count."""
+    # A group's options, fewest channels first; unpruned costs nothing in quality.
+    damage = {g.root: {**{k: curves[g.root][k] for k in sorted(curves[g.root])},
+                       g.channels: 0.0} for g in groups}
+    kept = cut_to(damage, {g.root: g.channels for g in groups}, flops, target)
+    if kept is None:
+        floor = flops({g.root: min(curves[g.root], default=g.channels) for g in groups})
+        raise TechniqueError(f"prune_channels: the FLOPs target is out of reach; the most "
+                             f"the scanned levels remove leaves {floor / flops({}):.2f}")
+    # The hand-back ranks by loss removed, not per FLOP: whatever still fits is free to take.
+    # Groups by name, last first, so that exact ties resolve the same whatever the group order.
+    by_name = dict(sorted(damage.items(), reverse=True))
+    return buy_while_it_helps(by_name, kept, flops, target, per_cost=False)

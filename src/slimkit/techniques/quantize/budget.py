@@ -1,4 +1,4 @@
-"""Quality budgets and the accuracy-aware search that keeps sensitive layers in float."""
+"""The accuracy-aware search that keeps sensitive layers in float until a quality budget holds."""
 
 from __future__ import annotations
 
@@ -7,69 +7,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from slimkit.evaluate.fidelity import Budget, Fidelity, accuracy_targets, score
 from slimkit.progress import progress_bar
+from slimkit.techniques.allocate import greedy
 
+# A search's quality is a fidelity record, measured by the evaluator's scorer.
+Quality = Fidelity
+measure = score
 
-class Budget(BaseModel):
-    """How much quality a quantized model may lose against the float model it came from."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_cosine: float | None = Field(None, gt=0, le=1, description="mean output cosine")
-    max_drop: float | None = Field(None, ge=0, description="accuracy points (needs labels)")
-
-    @model_validator(mode="after")
-    def _one_bound(self) -> Budget:
-        if (self.min_cosine is None) == (self.max_drop is None):
-            raise ValueError("give exactly one of min_cosine, max_drop")
-        return self
-
-
-@dataclass
-class Quality:
-    cosine: float
-    accuracy_drop: float | None = None
-
-    def error(self, budget: Budget) -> float:
-        """Larger is worse; in the budget's own unit."""
-        if budget.max_drop is not None:
-            return float(self.accuracy_drop or 0.0)
-        return 1.0 - self.cosine
-
-    def within(self, budget: Budget) -> bool:
-        if budget.max_drop is not None:
-            return (self.accuracy_drop or 0.0) <= budget.max_drop
-        return self.cosine >= (budget.min_cosine or 0.0)
-
-
-def measure(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> Quality:
-    a = outputs.reshape(len(outputs), -1).astype(np.float64)
-    b = reference.reshape(len(reference), -1).astype(np.float64)
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
-                                      1e-12)
-    drop = None
-    if labels is not None and outputs.ndim == 2:
-        drop = 100.0 * float((reference.argmax(1) == labels).mean()
-                             - (outputs.argmax(1) == labels).mean())
-    return Quality(float(cos.mean()), drop)
+__all__ = ["Budget", "Quality", "SearchResult", "keep_sensitive_in_float", "measure",
+           "search_report"]
 
 
 @dataclass
 class SearchResult:
     kept_float: list[str]
-    quality: Quality
+    quality: Fidelity
     layers: list[dict[str, Any]] = field(default_factory=list)
     tried: int = 0
 
 
+def _ranked(layers: list[str], sensitivity: dict[str, float]) -> list[str]:
+    """The allocator's order for float over int8: most error removed per layer kept."""
+    damage = {n: {"int8": sensitivity[n], "float": 0.0} for n in layers}
+    cost = {n: {"int8": 0, "float": 1} for n in layers}
+    return [str(s.unit) for s in greedy(damage, dict.fromkeys(layers, "int8"), cost, buy=True)]
+
+
 def keep_sensitive_in_float(layers: list[str], budget: Budget,
-                            evaluate: Callable[[list[str] | None, list[str]], Quality],
+                            evaluate: Callable[[list[str] | None, list[str]], Fidelity],
                             ) -> SearchResult:
     """Quantize everything; if the budget fails, rank layers by the error each causes when
     quantized alone, then keep the worst in float, fewest first, until the budget holds.
 
+    Layers' errors do not add up (two layers' noise may cancel or compound), so the walk down
+    the ranking stops on the measured model, not on summed sensitivities.
     `evaluate(only, exclude)` quantizes the layers in `only` (all when None) except `exclude`
     and returns the quality against the float model.
     """
@@ -82,7 +55,7 @@ def keep_sensitive_in_float(layers: list[str], budget: Budget,
         for name in layers:
             sensitivity[name] = evaluate([name], []).error(budget)
             advance(1, name[-40:])
-    ranked = sorted(layers, key=lambda n: -sensitivity[n])
+    ranked = _ranked(layers, sensitivity)
     kept: list[str] = []
     quality = full
     tried = 1 + len(layers)
@@ -97,3 +70,17 @@ def keep_sensitive_in_float(layers: list[str], budget: Budget,
     rows = [{"layer": n, "sensitivity": sensitivity[n],
              "precision": "float" if n in kept else "int8"} for n in ranked]
     return SearchResult(kept, quality, rows, tried)
+
+
+def search_report(layers: list[str], budget: Budget, reference: np.ndarray,
+                  labels: np.ndarray | None,
+                  outputs: Callable[[list[str] | None, list[str]], np.ndarray],
+                  ) -> dict[str, Any]:
+    """Run the search with every trial scored against the float model's `reference` outputs;
+    `outputs(only, exclude)` quantizes as `evaluate` above and runs the check data."""
+    targets = accuracy_targets(budget, reference, labels)
+    result = keep_sensitive_in_float(
+        layers, budget, lambda only, exclude: score(outputs(only, exclude), reference, targets))
+    return {"kept_float": result.kept_float, "budget": budget.model_dump(),
+            "cosine": result.quality.cosine, "accuracy_drop": result.quality.accuracy_drop,
+            "trials": result.tried, "layers": result.layers, "checked_on": len(reference)}

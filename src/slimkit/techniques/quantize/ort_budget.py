@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from slimkit.data import Dataset
-from slimkit.techniques.quantize.budget import Budget, Quality, keep_sensitive_in_float, measure
+from slimkit.techniques.quantize.budget import Budget, search_report
 
 # quantize(output path, only these nodes or None for all, nodes to exclude)
 Quantize = Callable[[Path, list[str] | None, list[str]], None]
@@ -29,17 +29,14 @@ def outputs(path: Path, data: Dataset, threads: int) -> np.ndarray:
 def quantize_within_budget(source: Path, out: Path, quantize: Quantize, nodes: list[str],
                            budget: Budget, data: Dataset, threads: int) -> dict[str, Any]:
     check = data.head(min(len(data), 256))
-    n, labels = len(check), check.labels
     reference = outputs(source, check, threads)
     with tempfile.TemporaryDirectory(prefix="slimkit-aaq-") as tmp:
         trial = Path(tmp) / "trial.onnx"
 
-        def evaluate(only: list[str] | None, exclude: list[str]) -> Quality:
+        def trial_outputs(only: list[str] | None, exclude: list[str]) -> np.ndarray:
             quantize(trial, only, exclude)
-            return measure(outputs(trial, check, threads), reference, labels)
+            return outputs(trial, check, threads)
 
-        result = keep_sensitive_in_float(nodes, budget, evaluate)
-    quantize(out, None, result.kept_float)
-    return {"kept_float": result.kept_float, "budget": budget.model_dump(),
-            "cosine": result.quality.cosine, "accuracy_drop": result.quality.accuracy_drop,
-            "trials": result.tried, "layers": result.layers, "checked_on": n}
+        report = search_report(nodes, budget, reference, check.labels, trial_outputs)
+    quantize(out, None, report["kept_float"])
+    return report
