@@ -1,78 +1,66 @@
-"""The table printed at the end of a run."""
+"""The table printed at the end of a run: a narrower cut of the report's own table, with the
+same cells, so the terminal and the reports never show one figure two ways."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from slimkit.progress import stdout_console
+from slimkit.report.table import Column, columns, quality_keys
+from slimkit.results import RunResults, as_results
+
+SHOWN = ("Candidate", "Runtime", "Throughput ×", "Latency ×", "p50 ms", "p99 ms", "Items/s",
+         "Size MB", "Size ×")
+QUALITY_SHOWN = 3  # a terminal is narrow; the reports have them all
+# Shown in the reports, but not worth a terminal column.
+QUALITY_HIDDEN = {"max_abs_error"}
 
 
-def _x(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}×"
+def quality_columns(results: RunResults) -> list[str]:
+    keys = [k for k in quality_keys(results) if k not in QUALITY_HIDDEN]
+    return keys[:QUALITY_SHOWN]
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else (f"{v:.2f}" if v < 10 else f"{v:.1f}")
+def summary_columns(results: RunResults) -> list[Column]:
+    wanted = [*SHOWN, *quality_columns(results)]
+    by_title = {col.title: col for col in columns(results)}
+    return [by_title[t] for t in wanted if t in by_title]
 
 
-def _q(key: str, v: float | None) -> str:
-    if v is None:
-        return "-"
-    if key == "accuracy" or key == "agreement" or key.endswith("_agreement"):
-        return f"{100 * v:.2f}%"
-    if key.endswith("_db") or key.endswith("delta"):
-        return f"{v:+.2f}" if key.endswith("delta") else f"{v:.1f}"
-    return f"{v:.4f}"
-
-
-def quality_columns(doc: dict[str, Any]) -> list[str]:
-    primary = doc["primary_metric"]
-    keys: list[str] = [primary]
-    for c in doc["candidates"]:
-        for k in c.get("quality") or {}:
-            if k not in keys and k != "max_abs_error":
-                keys.append(k)
-    return keys[:3]
-
-
-def summary_table(doc: dict[str, Any]) -> Table:
-    qcols = quality_columns(doc)
-    t = Table(title=f"{doc['name']}: ratios vs {doc['baseline']} (measured in one run)",
+def summary_table(results: RunResults | Mapping[str, Any]) -> Table:
+    results = as_results(results)
+    cols = summary_columns(results)
+    t = Table(title=f"{results.name}: ratios vs {results.baseline} (measured in one run)",
               title_justify="left")
-    for col in ["candidate", "runtime", "throughput ×", "latency ×", "p50 ms", "p99 ms",
-                "items/s", "size MB", "size ×", *qcols]:
-        t.add_column(col, justify="left" if col in ("candidate", "runtime") else "right")
-    for c in doc["candidates"]:
-        name = c["name"] + (" (baseline)" if c["name"] == doc["baseline"] else "")
-        if c.get("error"):
-            t.add_row(name, c["runtime"], "[red]failed[/red]")
+    for col in cols:
+        t.add_column(col.title, justify="right" if col.numeric else "left")
+    for c in results.candidates:
+        name = c.name + (" (baseline)" if c.name == results.baseline else "")
+        if c.failed:
+            t.add_row(escape(name), escape(c.runtime), "[red]failed[/red]")
             continue
-        b = c.get("bench") or {}
-        r = c.get("ratios") or {}
-        lat = b.get("latency_ms") or {}
-        q = c.get("quality") or {}
-        size = c.get("size_bytes")
-        mark = " *" if c.get("cpu_notes") else ""  # known to lose on this CPU: see below
-        t.add_row(name, c["runtime"], _x(r.get("throughput")) + mark, _x(r.get("latency")),
-                  _ms(lat.get("p50")), _ms(lat.get("p99")),
-                  f"{b['throughput']:.1f}" if "throughput" in b else "-",
-                  f"{size / 1e6:.1f}" if size else "-", _x(r.get("size")),
-                  *[_q(k, q.get(k)) for k in qcols])
+        cells = [escape(col.cell(c)) for col in cols]
+        t.add_row(escape(name), *cells[1:])
     return t
 
 
-def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
+def print_summary(results: RunResults | Mapping[str, Any], console: Console | None = None
+                  ) -> None:
+    results = as_results(results)
     console = console or stdout_console()
-    console.print(summary_table(doc))
-    caps = (doc.get("machine") or {}).get("capabilities") or {}
-    for c in doc["candidates"]:
-        for note in c.get("cpu_notes") or []:
-            console.print(f"[yellow]* {c['name']}:[/yellow] {note}", highlight=False)
-    if caps.get("kind"):
-        console.print(f"CPU: {caps['kind']}", highlight=False)
-    for c in doc["candidates"]:
-        if c.get("error"):
-            console.print(f"[red]{c['name']} failed:[/red] {c['error']}", highlight=False)
+    console.print(summary_table(results))
+    for c in results.candidates:
+        for note in c.cpu_notes:
+            console.print(f"[yellow]* {escape(c.name)}:[/yellow] {escape(note)}", highlight=False)
+    caps = results.machine.capabilities if results.machine else None
+    if caps and caps.kind:
+        console.print(f"CPU: {escape(caps.kind)}", highlight=False)
+    for c in results.candidates:
+        if c.failed:
+            console.print(f"[red]{escape(c.name)} failed:[/red] {escape(c.error or '')}",
+                          highlight=False)

@@ -1,18 +1,30 @@
 """What techniques report about themselves (layers kept in float, per-layer sensitivity,
 channels and heads removed, sparsity, training history), as sections shared by the Markdown
-and HTML reports.
+and HTML reports and one-line headlines for the terminal.
 
-Each technique writes its own JSON; the table's columns come from its per-layer rows, so a new
-technique's report shows up without a change here.
+A report names its technique, and the technique decides which facts are read from it. The
+table's columns come from the report's per-layer rows, and a technique this module does not
+know still shows its plain fields, so a new technique's report shows up without a change here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from slimkit.report.formats import format_cell
+from slimkit.results import RunResults, StepReport
+
 # Row keys that are recorded for rebuilding or plotting, not for reading.
 _HIDDEN_COLUMNS = {"heads_kept", "pruned"}
+
+QUANTIZERS = frozenset({"static_int8", "dynamic_int8", "nncf_int8", "weight_compress", "torchao",
+                        "weight_only_int4", "mixed_precision", "qat"})
+PRUNERS = frozenset({"prune_channels", "prune_transformer", "prune_magnitude",
+                     "prune_semi_structured"})
+
+Fields = dict[str, Any]
 
 
 @dataclass
@@ -25,7 +37,7 @@ class DetailSection:
     curve: list[float] = field(default_factory=list)  # training loss per epoch
 
 
-def _budget_facts(report: dict[str, Any]) -> list[str]:
+def _quantization_facts(report: Fields) -> list[str]:
     facts = []
     if "budget" in report:
         budget = ", ".join(f"{k} {v}" for k, v in (report["budget"] or {}).items()
@@ -46,13 +58,16 @@ def _budget_facts(report: dict[str, Any]) -> list[str]:
         facts.append(f"int8 operands: {report['int8_mode']} ({report.get('int8_mode_reason')})")
     if isinstance(report.get("calibration"), str):
         facts.append(f"activation ranges: {report['calibration']}")
-    if report.get("fused_operators"):
-        fused = ", ".join(f"{k} ×{v}" for k, v in report["fused_operators"].items())
-        facts.append(f"fused operators: {fused}")
     return facts
 
 
-def _pruning_facts(report: dict[str, Any]) -> list[str]:
+def _fusion_facts(report: Fields) -> list[str]:
+    fused = report.get("fused_operators") or {}
+    return [f"fused operators: {', '.join(f'{k} ×{v}' for k, v in fused.items())}"] if fused \
+        else []
+
+
+def _pruning_facts(report: Fields) -> list[str]:
     facts = []
     for before, after, what in (("flops_before", "flops_after", "FLOPs"),
                                 ("encoder_flops_before", "encoder_flops_after", "encoder FLOPs"),
@@ -69,11 +84,10 @@ def _pruning_facts(report: dict[str, Any]) -> list[str]:
             facts.append(f"{key}: {report[key]}")
     if report.get("note"):
         facts.append(str(report["note"]))
-    return facts
+    return facts + _training_facts(_fine_tuning(report))
 
 
-def _training_facts(report: dict[str, Any]) -> list[str]:
-    report = {**report, **(report.get("fine_tuning") or {})}  # pruning nests its training
+def _training_facts(report: Fields) -> list[str]:
     facts = []
     if report.get("teacher"):
         facts.append(f"teacher: {report['teacher']}, loss: {report.get('loss')}")
@@ -93,17 +107,35 @@ def _training_facts(report: dict[str, Any]) -> list[str]:
     return facts
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
-        return f"{value:,}"
-    return str(value)
+def _fine_tuning(report: Fields) -> Fields:
+    """Pruning nests the training that recovers quality."""
+    nested = report.get("fine_tuning")
+    return nested if isinstance(nested, dict) else {}
 
 
-def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[bool]]:
+def _plain_facts(report: Fields) -> list[str]:
+    """An unknown technique's scalar fields, as they are."""
+    return [f"{key.replace('_', ' ')}: {format_cell(value)}" for key, value in report.items()
+            if isinstance(value, str | int | float | bool)]
+
+
+def _facts_of(technique: str) -> Callable[[Fields], list[str]]:
+    if technique in QUANTIZERS:
+        return _quantization_facts
+    if technique in PRUNERS:
+        return _pruning_facts
+    return {"distill": _training_facts, "fuse_transformer": _fusion_facts,
+            "smooth_quant": lambda _: []}.get(technique, _plain_facts)
+
+
+def _training_of(technique: str, report: Fields) -> Fields:
+    """The part of a report that holds a training history, if the technique trains."""
+    if technique in PRUNERS:
+        return _fine_tuning(report)
+    return report if technique == "distill" else {}
+
+
+def _table(rows: list[Fields]) -> tuple[list[str], list[list[str]], list[bool]]:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys and k not in _HIDDEN_COLUMNS
@@ -111,32 +143,48 @@ def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list
     headers = [k.replace("_", " ").capitalize() for k in keys]
     numeric = [all(isinstance(r.get(k), (int, float)) or r.get(k) is None for r in rows)
                and k != "layer" for k in keys]
-    return headers, [[_cell(r.get(k)) for k in keys] for r in rows], numeric
+    return headers, [[format_cell(r.get(k)) for k in keys] for r in rows], numeric
 
 
-def notice_section(results: dict[str, Any]) -> DetailSection | None:
+def step_section(title: str, report: StepReport) -> DetailSection:
+    fields = report.fields
+    facts = _facts_of(report.technique)(fields)
+    layers = [r for r in fields.get("layers") or [] if isinstance(r, dict)]
+    headers, rows, numeric = _table(layers) if layers else ([], [], [])
+    history = _training_of(report.technique, fields).get("history") or []
+    curve = [float(h["loss"]) for h in history
+             if isinstance(h, dict) and isinstance(h.get("loss"), int | float)]
+    return DetailSection(title, facts, headers, rows, numeric, curve)
+
+
+def notice_section(results: RunResults) -> DetailSection | None:
     """Run warnings and what is known to lose on this CPU, marked * beside the figures."""
-    cpu = [f"{c.get('name')}: {n}" for c in results.get("candidates") or []
-           for n in c.get("cpu_notes") or []]
-    said = [w for w in results.get("warnings") or [] if isinstance(w, str)]
-    facts = [("* " if w in cpu else "") + w for w in said]
-    facts += [f"* {n}" for n in cpu if n not in said]
+    cpu = [f"{c.name}: {n}" for c in results.candidates for n in c.cpu_notes]
+    facts = [("* " if w in cpu else "") + w for w in results.warnings]
+    facts += [f"* {n}" for n in cpu if n not in results.warnings]
     return DetailSection("Warnings", facts) if facts else None
 
 
-def detail_sections(results: dict[str, Any]) -> list[DetailSection]:
+def detail_sections(results: RunResults) -> list[DetailSection]:
     notice = notice_section(results)
     sections = [notice] if notice else []
-    for cand in results.get("candidates") or []:
-        for step, report in (cand.get("details") or {}).items():
-            if not isinstance(report, dict):
-                continue
-            facts = _budget_facts(report) + _pruning_facts(report) + _training_facts(report)
-            layers = [r for r in report.get("layers") or [] if isinstance(r, dict)]
-            headers, rows, numeric = _table(layers) if layers else ([], [], [])
-            trained = report.get("fine_tuning") or report
-            curve = [float(h["loss"]) for h in trained.get("history") or []
-                     if isinstance(h, dict) and h.get("loss") is not None]
-            sections.append(DetailSection(f"{cand.get('name')}: {step}", facts, headers, rows,
-                                          numeric, curve))
+    for cand in results.candidates:
+        for label, report in (cand.details or {}).items():
+            sections.append(step_section(f"{cand.name}: {label}", report))
     return sections
+
+
+def headline(report: StepReport) -> str | None:
+    """The one fact about a step worth a line in the terminal after a one-technique command."""
+    fields = report.fields
+    if report.technique in QUANTIZERS and fields.get("kept_float") is not None:
+        return f"{len(fields['kept_float'])} layer(s) kept in float"
+    if report.technique in PRUNERS and fields.get("flops_ratio") is not None:
+        return f"{fields['flops_ratio']:.2f}× the FLOPs"
+    return None
+
+
+def headlines(results: RunResults) -> list[str]:
+    return [f"{cand.name} {label}: {line}" for cand in results.candidates
+            for label, report in (cand.details or {}).items()
+            if (line := headline(report)) is not None]

@@ -3,27 +3,29 @@ survives being mailed around, and cannot leak that someone looked at it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
+from typing import Any
 
 from slimkit.report.details import detail_sections
-from slimkit.report.markdown import (
+from slimkit.report.formats import number
+from slimkit.report.svg import Point, bars, curve, scatter
+from slimkit.report.table import (
     LEAD,
     LINEAGE_HEADERS,
     LOWER_IS_BETTER,
     Column,
-    candidates,
     columns,
     context_items,
-    dig,
-    is_failed,
     lineage_rows,
     machine_items,
     measurement_note,
-    number,
     primary_metric,
     provenance,
+    quality,
+    ratio,
 )
-from slimkit.report.svg import Point, bars, curve, scatter
+from slimkit.results import Candidate, RunResults, as_results
 
 STYLE = """
 :root { color-scheme: light; }
@@ -68,7 +70,7 @@ footer { margin-top: 32px; color: #94a3b8; font-size: 0.8rem; }
 """
 
 
-def tone(col: Column, cand: dict) -> str:
+def tone(col: Column, cand: Candidate) -> str:
     """Tint only clear wins or losses against baseline; small differences are noise."""
     value = number(col.value(cand))
     if not col.better or value is None:
@@ -79,20 +81,19 @@ def tone(col: Column, cand: dict) -> str:
     return " good" if gain >= 1.05 else " bad" if gain <= 0.95 else ""
 
 
-def results_table(results: dict) -> str:
+def results_table(results: RunResults) -> str:
     cols = columns(results)
-    baseline = results.get("baseline")
     head = "".join(
         f'<th{" class=num" if col.numeric and i >= LEAD else ""}>{escape(col.title)}</th>'
         for i, col in enumerate(cols)
     )
     rows = []
-    for cand in candidates(results):
-        is_base = cand.get("name") == baseline
+    for cand in results.candidates:
+        is_base = cand.name == results.baseline
         classes = " ".join(c for c in ("baseline" if is_base else "",
-                                       "failed" if is_failed(cand) else "") if c)
+                                       "failed" if cand.failed else "") if c)
         cells = []
-        for i, col in enumerate(cols[:LEAD] if is_failed(cand) else cols):
+        for i, col in enumerate(cols[:LEAD] if cand.failed else cols):
             body = escape(col.cell(cand))
             if i == 0 and is_base:
                 body += '<span class="badge">baseline</span>'
@@ -100,29 +101,28 @@ def results_table(results: dict) -> str:
                 body = f'<span class="mono">{body}</span>'
             klass = f"num{tone(col, cand)}" if col.numeric and i >= LEAD else ""
             cells.append(f'<td class="{klass}">{body}</td>' if klass else f"<td>{body}</td>")
-        if is_failed(cand):
+        if cand.failed:
             cells.append(f'<td class="error" colspan="{len(cols) - LEAD}">failed: '
-                         f"{escape(str(cand['error']))}</td>")
+                         f"{escape(str(cand.error))}</td>")
         row_class = f' class="{classes}"' if classes else ""
         rows.append(f"<tr{row_class}>{''.join(cells)}</tr>")
     return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def charts(results: dict) -> str:
+def charts(results: RunResults) -> str:
     metric = primary_metric(results)
-    baseline = results.get("baseline")
     points, speed = [], []
-    for cand in candidates(results):
-        if is_failed(cand):
+    for cand in results.candidates:
+        if cand.failed:
             continue
-        name = str(cand.get("name", "?"))
-        x = number(dig(cand, "ratios", "throughput"))
-        y = number(dig(cand, "quality", metric)) if metric else None
+        is_base = cand.name == results.baseline
+        x = number(ratio(cand, "throughput"))
+        y = number(quality(cand, metric)) if metric else None
         if x is not None:
-            speed.append((name, x, name == baseline))
+            speed.append((cand.name, x, is_base))
             if y is not None:
-                points.append(Point(name, x, y, name == baseline))
+                points.append(Point(cand.name, x, y, is_base))
     lower = (metric or "") in LOWER_IS_BETTER
     y_label = f"{metric} ({'lower' if lower else 'higher'} is better)" if metric else "quality"
     plot = scatter(points, "throughput vs baseline (×, higher is faster)", y_label, lower)
@@ -142,7 +142,7 @@ def charts(results: dict) -> str:
     return f'<div class="charts">{"".join(figures)}</div>'
 
 
-def lineage_table(results: dict) -> str:
+def lineage_table(results: RunResults) -> str:
     head = "".join(
         f'<th{" class=num" if h == "Seconds" else ""}>{escape(h)}</th>' for h in LINEAGE_HEADERS
     )
@@ -157,7 +157,7 @@ def lineage_table(results: dict) -> str:
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def details_html(results: dict) -> str:
+def details_html(results: RunResults) -> str:
     parts = []
     for sec in detail_sections(results):
         parts.append(f"<h2>{escape(sec.title)}</h2>")
@@ -178,9 +178,10 @@ def details_html(results: dict) -> str:
     return "\n".join(parts)
 
 
-def render_html(results: dict) -> str:
+def render_html(results: RunResults | Mapping[str, Any]) -> str:
     """The same facts as the Markdown report, plus the trade-off drawn as a picture."""
-    name = str(results.get("name") or "run")
+    results = as_results(results)
+    name = results.name or "run"
     context = " · ".join(escape(item) for item in context_items(results))
     machine = "".join(
         f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in machine_items(results)

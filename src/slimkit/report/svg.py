@@ -73,76 +73,108 @@ def text(x: float, y: float, body: str, anchor: str = "start", cls: str = "") ->
     )
 
 
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where a chart's plot area sits and which data range it shows."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+    x_lo: float
+    x_hi: float
+    y_lo: float
+    y_hi: float
+
+    def sx(self, x: float) -> float:
+        return self.left + (x - self.x_lo) / (self.x_hi - self.x_lo) * self.width
+
+    def sy(self, y: float) -> float:
+        return self.top + self.height - (y - self.y_lo) / (self.y_hi - self.y_lo) * self.height
+
+    @property
+    def box(self) -> Box:
+        return self.left, self.top, self.left + self.width, self.top + self.height
+
+
 def scatter(points: list[Point], x_label: str, y_label: str, lower_is_better: bool = False,
             width: int = 680, height: int = 400) -> str:
     """Quality against speed-up: the trade-off a reader has to make, in one picture."""
     if not points:
         return ""
     left, right, top, bottom = 70, 30, 30, 52
-    pw, ph = width - left - right, height - top - bottom
-    x_lo, x_hi = value_range([p.x for p in points] + [1.0])
-    y_lo, y_hi = value_range([p.y for p in points])
-
-    def sx(x: float) -> float:
-        return left + (x - x_lo) / (x_hi - x_lo) * pw
-
-    def sy(y: float) -> float:
-        return top + ph - (y - y_lo) / (y_hi - y_lo) * ph
-
+    f = Frame(left, top, width - left - right, height - top - bottom,
+              *value_range([p.x for p in points] + [1.0]), *value_range([p.y for p in points]))
     out = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'role="img" aria-label="{escape(y_label)} versus {escape(x_label)}">',
         f"<title>{escape(y_label)} versus {escape(x_label)}</title>",
+        *_grid(f),
     ]
-    xs, xd = ticks(x_lo, x_hi)
-    ys, yd = ticks(y_lo, y_hi)
-    for x in xs:
-        out.append(f'<line x1="{sx(x):.1f}" y1="{top}" x2="{sx(x):.1f}" y2="{top + ph}" '
-                   f'stroke="{GRID}"/>')
-        out.append(text(sx(x), top + ph + 18, fmt_tick(x, xd, "×"), "middle", "tick"))
-    for y in ys:
-        out.append(f'<line x1="{left}" y1="{sy(y):.1f}" x2="{left + pw}" y2="{sy(y):.1f}" '
-                   f'stroke="{GRID}"/>')
-        out.append(text(left - 8, sy(y) + 4, fmt_tick(y, yd), "end", "tick"))
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" '
-               f'stroke="{INK}"/>')
-    if x_lo < 1.0 < x_hi:
-        out.append(f'<line class="ref" x1="{sx(1.0):.1f}" y1="{top}" x2="{sx(1.0):.1f}" '
-                   f'y2="{top + ph}" stroke="{BASE}" stroke-dasharray="2 3"/>')
-    out.append(text(left + pw / 2, height - 10, x_label, "middle", "axis"))
+    out.append(text(f.left + f.width / 2, height - 10, x_label, "middle", "axis"))
     out.append(f'<text class="axis" text-anchor="middle" transform="translate(16 '
-               f'{top + ph / 2:.1f}) rotate(-90)">{escape(y_label)}</text>')
+               f'{f.top + f.height / 2:.1f}) rotate(-90)">{escape(y_label)}</text>')
     front = pareto_front(points, lower_is_better)
-    path = " ".join(f"{'M' if i == 0 else 'L'}{sx(p.x):.1f} {sy(p.y):.1f}"
+    path = " ".join(f"{'M' if i == 0 else 'L'}{f.sx(p.x):.1f} {f.sy(p.y):.1f}"
                     for i, p in enumerate(front))
     out.append(f'<path id="pareto-front" class="pareto" d="{path}" fill="none" '
                f'stroke="{ACCENT}" stroke-width="1.5" stroke-dasharray="6 4"/>')
-    on_front = {id(p) for p in front}
-    # Circles first, labels after, so no marker ever hides a label.
-    labels = []
-    placed = [box_around(sx(p.x), sy(p.y), 7) for p in points]
+    out += _points(f, points, {id(p) for p in front})
+    out += _legend(f.left + f.width - 190, f.top - 10)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _grid(f: Frame) -> list[str]:
+    """Grid lines with their tick labels, the frame, and the 1× line where it falls inside."""
+    out = []
+    xs, xd = ticks(f.x_lo, f.x_hi)
+    ys, yd = ticks(f.y_lo, f.y_hi)
+    bottom, right = f.top + f.height, f.left + f.width
+    for x in xs:
+        out.append(f'<line x1="{f.sx(x):.1f}" y1="{f.top}" x2="{f.sx(x):.1f}" y2="{bottom}" '
+                   f'stroke="{GRID}"/>')
+        out.append(text(f.sx(x), bottom + 18, fmt_tick(x, xd, "×"), "middle", "tick"))
+    for y in ys:
+        out.append(f'<line x1="{f.left}" y1="{f.sy(y):.1f}" x2="{right}" y2="{f.sy(y):.1f}" '
+                   f'stroke="{GRID}"/>')
+        out.append(text(f.left - 8, f.sy(y) + 4, fmt_tick(y, yd), "end", "tick"))
+    out.append(f'<rect x="{f.left}" y="{f.top}" width="{f.width}" height="{f.height}" '
+               f'fill="none" stroke="{INK}"/>')
+    if f.x_lo < 1.0 < f.x_hi:
+        out.append(f'<line class="ref" x1="{f.sx(1.0):.1f}" y1="{f.top}" x2="{f.sx(1.0):.1f}" '
+                   f'y2="{bottom}" stroke="{BASE}" stroke-dasharray="2 3"/>')
+    return out
+
+
+def _points(f: Frame, points: list[Point], on_front: set[int]) -> list[str]:
+    """Circles first, labels after, so no marker ever hides a label."""
+    out, labels = [], []
+    placed = [box_around(f.sx(p.x), f.sy(p.y), 7) for p in points]
     for p in sorted(points, key=lambda p: not p.baseline):
-        cx, cy = sx(p.x), sy(p.y)
+        cx, cy = f.sx(p.x), f.sy(p.y)
         colour = BASE if p.baseline else ACCENT if id(p) in on_front else MUTED
         label = p.label + (" (baseline)" if p.baseline else "")
         out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{7 if p.baseline else 5}" '
                    f'fill="{colour}" stroke="#fff" stroke-width="1.5"><title>{escape(label)}: '
                    f'{p.x:.2f}×, {p.y:.4g}</title></circle>')
-        lx, ly, anchor = place_label(cx, cy, label, (left, top, left + pw, top + ph), placed)
+        lx, ly, anchor = place_label(cx, cy, label, f.box, placed)
         labels.append(text(lx, ly, label, anchor, "point-label"))
-    out += labels
-    legend_x, legend_y = left + pw - 190, top - 10
-    out.append(f'<circle cx="{legend_x}" cy="{legend_y - 4}" r="5" fill="{BASE}"/>')
-    out.append(text(legend_x + 10, legend_y, "baseline", cls="legend"))
-    out.append(f'<line x1="{legend_x + 80}" y1="{legend_y - 4}" x2="{legend_x + 104}" '
-               f'y2="{legend_y - 4}" stroke="{ACCENT}" stroke-width="1.5" '
-               'stroke-dasharray="6 4"/>')
-    out.append(text(legend_x + 110, legend_y, "Pareto front", cls="legend"))
-    out.append("</svg>")
-    return "\n".join(out)
+    return out + labels
 
 
-Box = tuple[float, float, float, float]
+def _legend(x: float, y: float) -> list[str]:
+    return [
+        f'<circle cx="{x}" cy="{y - 4}" r="5" fill="{BASE}"/>',
+        text(x + 10, y, "baseline", cls="legend"),
+        f'<line x1="{x + 80}" y1="{y - 4}" x2="{x + 104}" y2="{y - 4}" stroke="{ACCENT}" '
+        'stroke-width="1.5" stroke-dasharray="6 4"/>',
+        text(x + 110, y, "Pareto front", cls="legend"),
+    ]
+
 
 
 def box_around(cx: float, cy: float, r: float) -> Box:
