@@ -6,6 +6,7 @@ torch artifact can rebuild its structure from the record alone.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import torch
 from torch import nn
 
 from slimkit.data import Dataset
-from slimkit.model import InputSpec, TorchModel
+from slimkit.model import InputSpec, Model, TorchModel
+from slimkit.pipeline import apply_technique
+from slimkit.registry import StepContext, TechniqueConfig, implementations
 
 MLP_INPUTS = [InputSpec(name="x", dtype="float32", shape=["batch", 16])]
 
@@ -182,3 +185,10 @@ def trusted(path: Path) -> Any:
     from slimkit.artifact import load_artifact
 
     return load_artifact(path, trust_code=True)
+
+
+def applied(fn: Any, model: Model, config: TechniqueConfig, ctx: StepContext) -> Any:
+    """Run a technique's own function as a pipeline step runs it: the lineage appended and
+    the report written to `ctx.workdir / report.json`."""
+    impl = next(i for i in implementations(config).values() if fn in (i.apply, i.rebuild))
+    return apply_technique(replace(impl, apply=fn), model, config, ctx)

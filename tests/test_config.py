@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from slimkit.config import load_recipe, parse_recipe
 from slimkit.errors import ConfigError
 from slimkit.registry import config_class, parse_step, technique_names
-from slimkit.techniques import Cast, DynamicInt8
+from slimkit.techniques.cast import Cast
+from slimkit.techniques.dynamic_int8 import DynamicInt8
 
 
 def raw_recipe() -> dict[str, Any]:

@@ -109,6 +109,6 @@ def test_the_chosen_int8_path_fits_this_cpu(tmp_path: Path) -> None:
                 str(built.path / "model.onnx")).graph.initializer if i.data_type == 3]
             limit = 63 if picked == "reduce_range" else 127
             assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= limit + 1
-            assert (built.path / "quantization.json").is_file()
+            assert (built.path / "report.json").is_file()
     assert scores["auto"] >= scores["u8s8"] - 0.1, scores
     assert min(scores.values()) > 20, scores

@@ -16,8 +16,8 @@ from slimkit.io import atomic_dir
 from slimkit.model import FileModel, Model, ModelRef, TorchModel, load_model
 from slimkit.pipeline import Cache, build, default_cache_dir, model_key, plan, step_key
 from slimkit.registry import StepContext
-from slimkit.techniques import Cast, DynamicInt8
-from slimkit.techniques.dynamic_int8 import dynamic_int8_torch
+from slimkit.techniques.cast import Cast
+from slimkit.techniques.dynamic_int8 import DynamicInt8, dynamic_int8_torch
 from slimkit.techniques.quantize.ort_kernels import pick_int8_mode
 from tests.models import batch, eager, perturb
 
@@ -259,7 +259,7 @@ def test_a_candidate_trains_on_its_own_calibration_data(tmp_path: Path) -> None:
     doc = run_recipe(recipe)
     shared, own = doc["candidates"][1:]
     assert shared["steps"][-1]["key"] != own["steps"][-1]["key"]
-    reports = {c["name"]: c["details"]["distill"]["steps"] for c in doc["candidates"][1:]}
+    reports = {c["name"]: c["details"]["0:distill"]["steps"] for c in doc["candidates"][1:]}
     assert reports == {"shared": 8, "own": 2}  # 64 and 16 rows in batches of 8, one epoch
 
 

@@ -18,7 +18,8 @@ from slimkit.registry import (
     technique_names,
 )
 from slimkit.runtimes import get_runtime, runtime_format, runtime_names
-from slimkit.techniques import Cast, DynamicInt8
+from slimkit.techniques.cast import Cast
+from slimkit.techniques.dynamic_int8 import DynamicInt8
 
 
 def test_builtin_techniques_registered() -> None:

@@ -14,6 +14,7 @@ from slimkit import api
 from slimkit.artifact import (
     ARTIFACT_JSON,
     BUNDLED_FACTORIES,
+    copy_tree,
     load_artifact,
     named_factories,
     read_record,
@@ -22,7 +23,7 @@ from slimkit.artifact import (
 from slimkit.bench import BenchOptions, Target, run_benchmark
 from slimkit.data import DataSpec, synthetic
 from slimkit.errors import ConfigError, ModelLoadError
-from slimkit.io import atomic_dir, copy_tree
+from slimkit.io import atomic_dir
 from slimkit.model import ModelRef, TorchModel, load_model
 from slimkit.pipeline import Cache, build, model_key
 from tests.models import MLP_INPUTS, batch, eager
@@ -243,7 +244,7 @@ def test_copy_tree_replaces_an_earlier_artifact_or_fills_an_empty_folder(
         tmp_path: Path, artifact: Path) -> None:
     old = tmp_path / "old"
     old.mkdir()
-    for name in (ARTIFACT_JSON, "model.xml", "model.bin", "quantization.json"):
+    for name in (ARTIFACT_JSON, "model.xml", "model.bin", "report.json"):
         (old / name).write_text("old")
     copy_tree(artifact, old)
     assert sorted(p.name for p in old.iterdir()) == [ARTIFACT_JSON, "model.onnx"]

@@ -11,12 +11,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from slimkit.artifact import check_output_folder, copy_tree
 from slimkit.bench.harness import BenchOptions, Target, run_benchmark
 from slimkit.config import Recipe, load_recipe
 from slimkit.data import Dataset, DataSpec, load_data, synthetic
 from slimkit.errors import ConfigError
 from slimkit.evaluate.evaluator import Task, collect_outputs, evaluate_outputs
-from slimkit.io import check_output_folder, copy_tree
 from slimkit.model import Format, Model, ModelRef, load_model
 from slimkit.pipeline import Built, Cache, build, model_key
 from slimkit.registry import TechniqueConfig, parse_step
@@ -163,8 +163,7 @@ class QuantizeOptions(CompareOptions):
 
 
 class PruneOptions(CompareOptions):
-    method: str = Field("prune_channels", description="prune_channels, prune_transformer, "
-                        "prune_magnitude or prune_semi_structured")
+    method: str = Field("prune_channels", description="a pruning technique")
     distill: dict[str, Any] | None = Field(
         default_factory=dict, description="options of the distillation that recovers quality "
         "after pruning (after prune_transformer: hidden all, schedule linear unless set); "

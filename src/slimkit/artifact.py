@@ -14,14 +14,16 @@ the artifacts it built itself (the cache, a run's candidates), a user's folder n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slimkit.errors import ModelLoadError
-from slimkit.io import atomic_write_json
+from slimkit.errors import ConfigError, ModelLoadError
+from slimkit.formats import format_names, get_format
+from slimkit.io import atomic_dir, atomic_write_json
 from slimkit.model import FileModel, Format, InputSpec, Model, ModelRef, TorchModel
 
 if TYPE_CHECKING:
@@ -36,11 +38,14 @@ BUNDLED_FACTORIES = frozenset({
     "slimkit.examples.digits:student",
     "slimkit.examples.minilm:load_model",
 })
-# What an artifact folder consists of besides the model files: the reports steps leave there.
-STEP_FILES = frozenset({"quantization.json", "fusion.json", "smoothing.json", "distill.json",
-                        "pruning.json", "calibration_ranges.json", "source.onnx"})
-MODEL_FILES = frozenset({"model.onnx", "model.onnx.data", "model.xml", "model.bin",
-                         "model.safetensors"})
+# What an artifact folder consists of besides the model files: the step's report (written by
+# the pipeline), what a step keeps for a rerun, and the per-technique report files that older
+# artifacts hold.
+REPORT_JSON = "report.json"
+STEP_FILES = frozenset({REPORT_JSON, "calibration_ranges.json", "source.onnx",
+                        "quantization.json", "fusion.json", "smoothing.json", "distill.json",
+                        "pruning.json"})
+MODEL_FILES = frozenset(n for f in format_names() for n in get_format(f).files)
 _SHOWN_CHARS = 400
 
 
@@ -65,28 +70,9 @@ def save_artifact(model: Model, dest: Path) -> Model:
         "inputs": [i.model_dump() for i in model.inputs],
         "tokenizer": model.tokenizer,
     }
-    if isinstance(model, TorchModel):
-        if model.ref is None:
-            raise ModelLoadError("a torch model without a source (ModelRef) cannot be saved")
-        from slimkit.torch_state import save_state
-
-        save_state(model.module, dest / "model.safetensors")
-        meta["ref"] = model.ref.model_dump()
-        meta["steps"] = [s.model_dump() for s in model.steps]
-        atomic_write_json(dest / ARTIFACT_JSON, meta)
-        return model
-    name = "model.onnx" if model.format == "onnx" else "model.xml"
-    target = dest / name
-    if model.path.resolve() != target.resolve():
-        shutil.copy2(model.path, target)
-        if model.format == "openvino":
-            shutil.copy2(model.path.with_suffix(".bin"), target.with_suffix(".bin"))
-        data = model.path.with_name(model.path.name + ".data")
-        if data.exists():
-            shutil.copy2(data, dest / data.name)
-    meta["session_options"] = model.session_options
-    atomic_write_json(dest / ARTIFACT_JSON, meta)
-    return FileModel(model.format, target, model.inputs, model.tokenizer, model.session_options)
+    saved, fields = get_format(model.format).save(model, dest)
+    atomic_write_json(dest / ARTIFACT_JSON, {**meta, **fields})
+    return saved
 
 
 def load_artifact(path: Path, *, trust_code: bool = False) -> Model:
@@ -105,15 +91,14 @@ def load_artifact(path: Path, *, trust_code: bool = False) -> Model:
                     f"({_shown(untrusted)}); pass --trust-code (trust_code=True) only if you "
                     f"trust this folder")
         return _load_torch(path, record)
-    name = "model.onnx" if record.format == "onnx" else "model.xml"
-    for f in [path / name] + ([path / "model.bin"] if record.format == "openvino" else []):
-        if not f.is_file():
-            raise ModelLoadError(f"{path}: the artifact's {f.name} is missing")
+    fmt = get_format(record.format)
+    missing = fmt.missing(path)
+    if missing:
+        raise ModelLoadError(f"{path}: the artifact's {missing[0]} is missing")
+    main = path / fmt.files[0]
     if not trust_code:  # a folder from elsewhere: its model file is read before it is used
-        from slimkit.model import load_onnx, load_openvino
-
-        (load_onnx if record.format == "onnx" else load_openvino)(path / name)
-    return FileModel(record.format, path / name, record.inputs, record.tokenizer,
+        fmt.read(main)
+    return FileModel(record.format, main, record.inputs, record.tokenizer,
                      dict(record.session_options))
 
 
@@ -141,9 +126,15 @@ def read_record(path: Path) -> Record:
 
 def named_factories(path: Path, record: Record) -> list[str]:
     """Every `package.module:function` that rebuilding `record` may call, first seen first:
-    the model's source and any model a step names (a distillation teacher)."""
+    the model's source, any model a step names (a distillation teacher), and techniques from
+    outside slimkit (importing one runs its module)."""
     refs = [record.ref] if record.ref is not None else []
+    code: list[str] = []
     for k, raw in enumerate(record.steps):
+        named = raw.get("technique") if isinstance(raw, dict) else None
+        if isinstance(named, str) and ":" in named:  # a technique from outside slimkit
+            code.append(named)
+            continue
         config = _parse(path, k, raw)
         for attr in ("teacher", "model"):
             value = getattr(config, attr, None)
@@ -151,7 +142,7 @@ def named_factories(path: Path, record: Record) -> list[str]:
                 refs.append(value)
             elif isinstance(value, str) and value != "source":
                 refs.append(ModelRef(source=value))
-    return list(dict.fromkeys(r.source for r in refs if _is_factory(r)))
+    return list(dict.fromkeys([*(r.source for r in refs if _is_factory(r)), *code]))
 
 
 def _is_factory(ref: ModelRef) -> bool:
@@ -172,7 +163,7 @@ def _parse(path: Path, k: int, raw: Any) -> TechniqueConfig:
 
 def _load_torch(path: Path, record: Record) -> TorchModel:
     from slimkit.model import load_model
-    from slimkit.registry import StepContext, implementations
+    from slimkit.registry import StepContext, apply_step, implementations
     from slimkit.torch_state import load_state
 
     assert record.ref is not None
@@ -190,7 +181,7 @@ def _load_torch(path: Path, record: Record) -> TorchModel:
         if impl is None:
             raise ModelLoadError(f"{path / ARTIFACT_JSON}: steps[{k}]: {config.technique} "
                                  f"does not run on torch models")
-        model = (impl.rebuild or impl.apply)(model, config, ctx)  # type: ignore[assignment]
+        model = apply_step(impl, model, config, ctx, rebuild=True).model  # type: ignore[assignment]
     load_state(model.module, weights)
     return model
 
@@ -225,3 +216,36 @@ def _shown(names: list[str]) -> str:
 def _first_line(e: object) -> str:
     lines = str(e).strip().splitlines()
     return lines[0][:300] if lines else type(e).__name__
+
+
+def check_output_folder(dst: Path) -> None:
+    """Refuse an output folder that slimkit may not replace: a file, a link, or a folder
+    holding anything an artifact does not consist of (the user's own files)."""
+    if dst.is_symlink():
+        raise ConfigError(f"output {dst}: is a symbolic link; choose a new or empty folder")
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"output {dst}: exists and is not a directory")
+    if dst.is_dir() and (foreign := foreign_files(dst)):
+        shown = ", ".join(n if n.isprintable() else ascii(n)[1:-1] for n in foreign[:3])
+        shown += ", ..." if len(foreign) > 3 else ""
+        raise ConfigError(f"output {dst}: holds files slimkit did not write ({shown}); "
+                          f"choose an empty or new folder")
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy a finished artifact, hard-linking files where the filesystem allows.
+
+    `dst` may be absent, empty or an earlier artifact, which is replaced; anything else is
+    refused (see `check_output_folder`), so a user's folder is never deleted.
+    """
+    check_output_folder(dst)
+    with atomic_dir(dst) as tmp:
+        for f in src.rglob("*"):
+            if f.is_dir():
+                continue
+            target = tmp / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, target)
+            except OSError:
+                shutil.copy2(f, target)

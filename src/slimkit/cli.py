@@ -76,6 +76,29 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
 
 
 @app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="run directory, or its results.json")]
+           ) -> None:
+    """Write a run's report.md and report.html again from its results.json, and print its
+    summary; results written by an earlier slimkit are read too."""
+    from slimkit.report import write_reports
+    from slimkit.results import load_results
+    from slimkit.summary import print_summary
+
+    folder = run_dir if run_dir.is_dir() else run_dir.parent
+    try:
+        results = load_results(run_dir)
+        try:
+            write_reports(folder, results)
+        except OSError as e:
+            raise SlimkitError(f"{folder}: cannot write the reports ({e.strerror})") from None
+    except SlimkitError as e:
+        _fail(e)
+        return
+    print_summary(results)
+    print(f"report:  {folder / 'report.html'}")
+
+
+@app.command()
 def bench(
     models: Annotated[list[str], typer.Argument(help="model files, HF dirs, artifact dirs or "
                                                      "package.module:function")],
@@ -158,7 +181,7 @@ def quantize(
     data: DataOption,
     runtime: RuntimeOption = "onnxruntime",
     method: Annotated[str | None, typer.Option(
-        help="static_int8, dynamic_int8, nncf_int8, torchao, weight_only_int4, weight_compress"
+        help="a quantization technique (`slimkit list` shows them); default by runtime"
     )] = None,
     min_cosine: Annotated[float | None, typer.Option(help="budget: mean output cosine")] = None,
     max_drop: Annotated[float | None, typer.Option(help="budget: accuracy points")] = None,
@@ -202,9 +225,8 @@ def _settings(items: list[str] | None) -> dict[str, object]:
 def prune(
     model: Annotated[str, typer.Argument(help="model file, HF dir or package.module:function")],
     data: DataOption,
-    method: Annotated[str, typer.Option(help="prune_channels, prune_transformer, "
-                                             "prune_magnitude, prune_semi_structured")
-                      ] = "prune_channels",
+    method: Annotated[str, typer.Option(
+        help="a pruning technique (`slimkit list` shows them)")] = "prune_channels",
     runtime: RuntimeOption = "onnxruntime",
     train_data: TrainData = None,
     distill: Annotated[bool, typer.Option(help="recover by distilling from the unpruned "
@@ -266,6 +288,8 @@ def _shared(runtime: str, option: list[str] | None, task: str, train_data: str |
 
 
 def _report(run_it: Callable[[], dict]) -> None:
+    from slimkit.report.details import headlines
+    from slimkit.results import as_results
     from slimkit.summary import print_summary
 
     try:
@@ -276,13 +300,10 @@ def _report(run_it: Callable[[], dict]) -> None:
     except ValueError as e:  # option values that pydantic rejects
         _fail(_invalid(e))
         return
-    print_summary(doc)
-    for c in doc["candidates"]:
-        for step, rep in (c.get("details") or {}).items():
-            if rep.get("kept_float") is not None:
-                print(f"{c['name']} {step}: {len(rep['kept_float'])} layer(s) kept in float")
-            if rep.get("flops_ratio") is not None:
-                print(f"{c['name']} {step}: {rep['flops_ratio']:.2f}× the FLOPs")
+    results = as_results(doc)
+    print_summary(results)
+    for line in headlines(results):
+        print(line)
 
 
 def _data_spec(text: str, calib: bool = False) -> DataSpec:
@@ -308,7 +329,11 @@ def list_() -> None:
 
     print("runtimes:   " + ", ".join(runtime_names()))
     for name in technique_names():
-        cls = config_class(name)
+        try:
+            cls = config_class(name)
+        except SlimkitError as e:  # an installed plugin that does not load
+            print(f"technique:  {name} (not loadable: {e})")
+            continue
         fmts = ", ".join(implementations(cls.model_construct()))
         opts = ", ".join(k for k in cls.model_fields if k != "technique")
         print(f"technique:  {name} [{fmts}] options: {opts}")

@@ -30,9 +30,10 @@ from slimkit.bench.harness import BenchOptions
 from slimkit.data import DataSpec
 from slimkit.errors import ConfigError, SlimkitError, TechniqueError
 from slimkit.evaluate.evaluator import Task
+from slimkit.messages import clip, field_path, one_line, quote
 from slimkit.model import Format, ModelRef, check_path_text
 from slimkit.recipe_yaml import read_recipe_file
-from slimkit.registry import TechniqueConfig, clip, field_path, one_line, parse_step, quote
+from slimkit.registry import TechniqueConfig, parse_step
 from slimkit.runtimes.base import runtime_format, runtime_names
 
 Step = Annotated[SerializeAsAny[TechniqueConfig], BeforeValidator(parse_step)]
@@ -162,12 +163,13 @@ def _placement(ref: ModelRef, cand: CandidateConfig) -> str | None:
         return None  # reported in its own words when the model is loaded
     start: Format = "torch" if source == "hf" else source
     target = runtime_format(cand.runtime)
-    from slimkit.export import FORMAT_PATH  # no torch; the planner is needed only with steps
+    from slimkit.formats import path_between  # no torch; the planner is needed only with steps
 
     model = f"{'an' if start[0] in 'aeiou' else 'a'} {start} model"
-    if FORMAT_PATH.index(target) < FORMAT_PATH.index(start):
-        return (f".runtime: {model} cannot be served on {cand.runtime} (formats move "
-                f"{' -> '.join(FORMAT_PATH)}, never back)")
+    try:
+        path_between(start, target)
+    except TechniqueError as e:
+        return f".runtime: {model} cannot be served on {cand.runtime} ({e})"
     for j in range(len(cand.steps)):
         if _plans(start, cand.steps[: j + 1], target):
             continue

@@ -74,42 +74,6 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise
 
 
-def check_output_folder(dst: Path) -> None:
-    """Refuse an output folder that slimkit may not replace: a file, a link, or a folder
-    holding anything an artifact does not consist of (the user's own files)."""
-    from slimkit.artifact import foreign_files  # artifact.py builds on this module
-    from slimkit.errors import ConfigError
-
-    if dst.is_symlink():
-        raise ConfigError(f"output {dst}: is a symbolic link; choose a new or empty folder")
-    if dst.exists() and not dst.is_dir():
-        raise ConfigError(f"output {dst}: exists and is not a directory")
-    if dst.is_dir() and (foreign := foreign_files(dst)):
-        shown = ", ".join(n if n.isprintable() else ascii(n)[1:-1] for n in foreign[:3])
-        shown += ", ..." if len(foreign) > 3 else ""
-        raise ConfigError(f"output {dst}: holds files slimkit did not write ({shown}); "
-                          f"choose an empty or new folder")
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    """Copy a finished artifact, hard-linking files where the filesystem allows.
-
-    `dst` may be absent, empty or an earlier artifact, which is replaced; anything else is
-    refused (see `check_output_folder`), so a user's folder is never deleted.
-    """
-    check_output_folder(dst)
-    with atomic_dir(dst) as tmp:
-        for f in src.rglob("*"):
-            if f.is_dir():
-                continue
-            target = tmp / f.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(f, target)
-            except OSError:
-                shutil.copy2(f, target)
-
-
 def sha256_file(path: Path, h: hashlib._Hash | None = None) -> str:
     h = h or hashlib.sha256()
     with open(path, "rb") as f:

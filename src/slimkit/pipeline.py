@@ -8,7 +8,6 @@ rerun, a resumed run or another worker skips it; an interrupted step leaves noth
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import resource
 import shutil
@@ -19,13 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from slimkit import __version__
-from slimkit.artifact import is_artifact, load_artifact, save_artifact
+from slimkit.artifact import REPORT_JSON, is_artifact, load_artifact, save_artifact
 from slimkit.data import Dataset
 from slimkit.errors import TechniqueError
 from slimkit.export import EXPORT_VERSION, convert, path_between
-from slimkit.io import atomic_dir, sha256_json, sha256_path
-from slimkit.model import FileModel, Format, Model, TorchModel
-from slimkit.registry import StepContext, TechniqueConfig, implementations
+from slimkit.io import atomic_dir, atomic_write_json, sha256_json
+from slimkit.model import Format, Model, TorchModel
+from slimkit.registry import (
+    Implementation,
+    StepContext,
+    TechniqueConfig,
+    apply_step,
+    implementations,
+)
 
 
 def default_cache_dir() -> Path:
@@ -66,38 +71,25 @@ class Cache:
         return load_artifact(p, trust_code=True) if is_artifact(p) else None
 
     def produce(self, key: str, make: Callable[[Path], Model]) -> tuple[Model, bool]:
-        """Return the cached model for `key`, or make it in a fresh directory and keep it."""
+        """Return the cached model for `key`, or make it in a fresh directory and keep it.
+
+        What was just made is returned as loaded back from the cache, so a first run and a rerun
+        go through the same rebuild: a record missing what a rebuild needs fails at once."""
         cached = self.get(key)
         if cached is not None:
             return cached, True
         final = self.path(key)
         with atomic_dir(final) as tmp:
-            made = make(tmp)
-            save_artifact(made, tmp)
-        if isinstance(made, TorchModel):
-            return made, False
+            save_artifact(make(tmp), tmp)
         return load_artifact(final, trust_code=True), False
 
 
 def model_key(model: Model) -> str:
-    """Content hash of a model: its files, or a torch model's source and weights."""
-    if isinstance(model, FileModel):
-        files = [model.path]
-        if model.format == "openvino":
-            files.append(model.path.with_suffix(".bin"))
-        return sha256_json({"files": [sha256_path(f) for f in files],
-                            "session": model.session_options})
-    import torch
+    """Content hash of a model, as its format computes it: a file model's files, a torch
+    model's source, steps and weights."""
+    from slimkit.formats import get_format
 
-    from slimkit.torch_state import flatten_state
-
-    h = hashlib.sha256()
-    for name, t in sorted(flatten_state(model.module).items()):
-        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.contiguous().view(-1).view(dtype=torch.uint8).numpy())
-    ref = model.ref.model_dump() if model.ref else None
-    return sha256_json({"ref": ref, "weights": h.hexdigest(),
-                        "steps": [s.model_dump() for s in model.steps]})
+    return get_format(model.format).key(model)
 
 
 def private_copy(model: Model) -> Model:
@@ -123,21 +115,44 @@ def plan(start: Format, steps: list[TechniqueConfig], target: Format) -> list[Fo
     Applying as late as possible lets, say, int8 quantization run in the target runtime's own
     quantizer, while a torch-only step (pruning, training) still runs before export.
     """
+    if not steps:
+        return []
+    route = path_between(start, target)  # the way every step is placed along
     formats: list[Format] = []
-    current = start
+    at = 0
     for config in steps:
-        ahead = path_between(current, target)
         impls = implementations(config)
-        supported = [f for f in ahead if f in impls
-                     and (impls[f].targets is None or target in impls[f].targets)]
+        supported = [k for k in range(at, len(route)) if route[k] in impls
+                     and (impls[route[k]].targets is None or target in impls[route[k]].targets)]
         if not supported:
             raise TechniqueError(
-                f"{config.technique} cannot run between {current} and {target} (it works on "
-                f"{', '.join(implementations(config)) or 'nothing'})"
+                f"{config.technique} cannot run between {route[at]} and {target} (it works on "
+                f"{', '.join(impls) or 'nothing'})"
             )
-        current = supported[-1]
-        formats.append(current)
+        at = supported[-1]
+        formats.append(route[at])  # type: ignore[arg-type]
     return formats
+
+
+def _technique_step(src: Model, impl: Implementation, config: TechniqueConfig,
+                    data: Dataset | None, threads: int) -> Callable[[Path, Path], Model]:
+    """How one technique step makes its artifact: the model, and its report beside it."""
+
+    def make(workdir: Path, checkpoints: Path) -> Model:
+        ctx = StepContext(workdir, data, threads, checkpoints)
+        return apply_technique(impl, private_copy(src), config, ctx)
+
+    return make
+
+
+def apply_technique(impl: Implementation, model: Model, config: TechniqueConfig,
+                    ctx: StepContext) -> Model:
+    """One technique as a step runs it: the result completed (lineage, typed report) and the
+    report written beside the artifact."""
+    result = apply_step(impl, model, config, ctx)
+    if result.report is not None:
+        atomic_write_json(ctx.workdir / REPORT_JSON, result.report.model_dump(mode="json"))
+    return result.model
 
 
 def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Format,
@@ -162,7 +177,7 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
         shutil.rmtree(checkpoints, ignore_errors=True)
         records.append(StepRecord(name, shown or {}, fmt, new_key, time.perf_counter() - t0,
                                   cached,
-                                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+                                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6))
         key = new_key
 
     def hop_to(fmt: Format) -> None:
@@ -177,11 +192,9 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
         needs_data = impl.requires_data or config.needs_data()
         if needs_data and data is None:
             raise TechniqueError(f"{config.technique} needs calibration data")
-        src = model
         options = config.model_dump(exclude={"technique"})
         run_step(config.technique, options, fmt, needs_data,
-                 lambda d, ckpt, src=src, impl=impl, config=config: impl.apply(
-                     private_copy(src), config, StepContext(d, data, threads, ckpt)),
+                 _technique_step(model, impl, config, data if needs_data else None, threads),
                  type(config).version,
                  config.shown_options())
     hop_to(target)

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from slimkit.errors import ConfigError
-from slimkit.registry import clip, one_line, quote
+from slimkit.messages import clip, one_line, quote
 
 # A recipe is a few kilobytes; these bounds stop a hostile or broken file (an alias bomb, a
 # file nested thousands deep, a huge integer) long before it costs memory or a traceback.

@@ -1,26 +1,45 @@
 """Techniques registered by config type.
 
-A technique is a typed config class plus one `apply` per model format it works on. The pipeline
-asks the registry which formats a config supports and calls the matching function; nothing else
-in slimkit names a technique, so adding one touches one new file.
+A technique is one file: a typed config class plus one `apply` per model format it works on,
+each registered with `@technique(...)`. The registry imports exactly the modules under
+`slimkit/techniques` that use that decorator (helpers with heavy imports stay unloaded), finds
+third-party techniques by an entry point in the group `slimkit.techniques` or by
+`package.module:Config` written in a recipe, and nothing else in slimkit names a technique.
+
+An `apply` returns the new model, or a `StepResult` with what should be recorded (the config
+plus what a rebuild needs: kept channels, chosen layers) and the step's report. The pipeline, not
+the technique, appends the record to a torch model's lineage and stores the report; a cached
+artifact is rebuilt through `apply_step` as well, so a fresh build and a rebuild share one path.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
-from slimkit.errors import ConfigError
-from slimkit.model import Format, Model
+from slimkit.errors import ConfigError, ModelLoadError, TechniqueError
+from slimkit.messages import clip, field_path, one_line, quote
+from slimkit.model import Format, Model, TorchModel, import_object
 
 if TYPE_CHECKING:
     from slimkit.data import Dataset
+
+ENTRY_POINTS = "slimkit.techniques"
+# What marks a module as one that registers techniques (see the module docstring).
+_MARK = "@technique("
 
 
 class TechniqueConfig(BaseModel):
@@ -55,6 +74,15 @@ class TechniqueConfig(BaseModel):
         one CPU is never reused for another that would have chosen differently."""
         return self
 
+    @model_serializer(mode="wrap")
+    def _spec_for_others(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A technique from outside slimkit is recorded by its import path, so a recipe or an
+        artifact written with it reads back in a process that has not imported it yet."""
+        dumped = handler(self)
+        if isinstance(dumped, dict) and "technique" in dumped and not _builtin(type(self)):
+            dumped["technique"] = spec_of(type(self))
+        return dumped
+
     def short(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.model_dump(exclude={"technique"}).items())
         return f"{self.technique}({opts})"
@@ -69,7 +97,28 @@ class StepContext:
     checkpoints: Path | None = None
 
 
-Apply = Callable[[Model, Any, StepContext], Model]
+class StepReport(BaseModel):
+    """A step's account for the reader: what was quantized, kept, reverted, and why.
+
+    A technique may subclass it with typed fields; extra fields are kept, so the report of a
+    technique that returns a plain mapping is one too."""
+
+    model_config = ConfigDict(extra="allow")
+
+    technique: str = ""
+
+
+@dataclass
+class StepResult:
+    """What an `apply` gives back when it has more to say than the model itself."""
+
+    model: Model
+    # The config as recorded in the lineage: the step's own config plus what a rebuild needs.
+    record: TechniqueConfig | None = None
+    report: StepReport | dict[str, Any] | None = None
+
+
+Apply = Callable[[Model, Any, StepContext], "Model | StepResult"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +132,8 @@ class Implementation:
     # Rebuild the structure from the record alone (no data), before weights are loaded.
     # None means `apply` itself is deterministic and data-free, so it serves as the rebuild.
     rebuild: Apply | None = None
+    # The format of the model it gives; a technique that also converts says so here.
+    gives: Format | None = None
 
 
 _CONFIGS: dict[str, type[TechniqueConfig]] = {}
@@ -91,7 +142,8 @@ _IMPLS: dict[type[TechniqueConfig], dict[str, Implementation]] = {}
 
 def technique(config: type[TechniqueConfig], *, format: Format, requires_data: bool = False,
               rebuild: Apply | None = None,
-              targets: set[str] | None = None) -> Callable[[Apply], Apply]:
+              targets: set[str] | None = None,
+              gives: Format | None = None) -> Callable[[Apply], Apply]:
     """Register `apply` for `config` on models of `format`."""
     tag = config.model_fields["technique"].default
     if not isinstance(tag, str):
@@ -101,14 +153,53 @@ def technique(config: type[TechniqueConfig], *, format: Format, requires_data: b
 
     def deco(fn: Apply) -> Apply:
         _IMPLS.setdefault(config, {})[format] = Implementation(
-            fn, format, requires_data, frozenset(targets) if targets else None, rebuild)
+            fn, format, requires_data, frozenset(targets) if targets else None, rebuild,
+            gives or format)
         return fn
 
     return deco
 
 
+_discovered = False
+
+
 def _ensure_loaded() -> None:
-    import slimkit.techniques  # noqa: F401  (registers the built-in techniques)
+    """Import every built-in module that registers a technique, once."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True  # first: a module being imported may call back into the registry
+    root = Path(__file__).resolve().parent
+    for path in sorted((root / "techniques").rglob("*.py")):
+        if _MARK in path.read_text(encoding="utf-8"):
+            parts = path.relative_to(root.parent).with_suffix("").parts
+            importlib.import_module(".".join(parts))
+
+
+def _builtin(cls: type) -> bool:
+    return cls.__module__.split(".")[0] == "slimkit"
+
+
+def spec_of(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _load_named(spec: str) -> type[TechniqueConfig]:
+    """A technique named by `package.module:Config` (importing it registers it)."""
+    try:
+        cls = import_object(spec, "technique")
+    except ModelLoadError as e:
+        raise ConfigError(one_line(str(e))) from None
+    if not (isinstance(cls, type) and issubclass(cls, TechniqueConfig)):
+        raise ConfigError(f"{clip(spec)}: not a TechniqueConfig subclass")
+    if not any(c in _IMPLS for c in cls.__mro__):
+        raise ConfigError(f"{clip(spec)}: no implementation registered (decorate an apply "
+                          f"function with @slimkit.registry.technique({cls.__name__}, ...))")
+    return cls
+
+
+def _plugins() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINTS)}
 
 
 def implementations(config: TechniqueConfig) -> dict[str, Implementation]:
@@ -122,15 +213,43 @@ def implementations(config: TechniqueConfig) -> dict[str, Implementation]:
 
 
 def technique_names() -> list[str]:
+    """Built-in and registered techniques, and installed plugins (not imported to list them)."""
     _ensure_loaded()
-    return sorted(_CONFIGS)
+    return sorted(set(_CONFIGS) | set(_plugins()))
 
 
 def config_class(tag: str) -> type[TechniqueConfig]:
     _ensure_loaded()
-    if tag not in _CONFIGS:
-        raise ConfigError(f"unknown technique {quote(tag)} (known: {', '.join(sorted(_CONFIGS))})")
-    return _CONFIGS[tag]
+    if tag in _CONFIGS:
+        return _CONFIGS[tag]
+    if ":" in tag:
+        return _load_named(tag)
+    plugin = _plugins().get(tag)
+    if plugin is not None:
+        return _load_named(plugin.value)
+    raise ConfigError(f"unknown technique {quote(tag)} (known: {', '.join(technique_names())})")
+
+
+def apply_step(impl: Implementation, model: Model, config: TechniqueConfig, ctx: StepContext,
+               *, rebuild: bool = False) -> StepResult:
+    """Run one step and complete its result: the record appended to a torch model's lineage,
+    the report typed and named. Building and rebuilding both come through here."""
+    fn = (impl.rebuild or impl.apply) if rebuild else impl.apply
+    out = fn(model, config, ctx)
+    result = out if isinstance(out, StepResult) else StepResult(out)
+    made = result.model
+    if made.format != impl.gives:
+        raise TechniqueError(f"{config.technique} on a {impl.format} model gave a {made.format} "
+                             f"model; it declares {impl.gives}")
+    if isinstance(made, TorchModel):
+        record = result.record or config
+        made.steps = [*model.steps, record]
+        result.record = record
+    if result.report is not None and not isinstance(result.report, StepReport):
+        result.report = StepReport.model_validate(dict(result.report))
+    if result.report is not None:
+        result.report.technique = config.technique
+    return result
 
 
 def parse_step(raw: Any) -> TechniqueConfig:
@@ -168,7 +287,7 @@ def parse_step(raw: Any) -> TechniqueConfig:
     except ConfigError as e:
         raise ValueError(one_line(str(e))) from None
     try:
-        return cls.model_validate(raw)
+        return cls.model_validate({**raw, "technique": cls.name})
     except ValidationError as e:
         err = e.errors()[0]
         loc = field_path(err["loc"])
@@ -184,43 +303,3 @@ def parse_step(raw: Any) -> TechniqueConfig:
         raise ValueError(one_line(f"{cls.name}.{where}: {msg}")) from None
 
 
-# How pydantic names the member of a union (or a validator) it tried, inside a location:
-# `alpha.constrained-float`, `steps.0.function-before[parse_step()]`. Not the user's words.
-_TAG = re.compile(r"(constrained-\w+|function-[\w-]+\[.*\]|[\w-]+\[.*\]|float|int|str|bool|"
-                  r"bytes|none)")
-
-
-def field_path(loc: tuple[Any, ...] | list[Any]) -> list[Any]:
-    """A pydantic error location as the recipe spells it, without union and validator tags."""
-    return [p for p in loc if isinstance(p, int) or not _TAG.fullmatch(str(p))]
-
-
-# Messages quote what the user wrote; a value may be a megabyte or span lines, and the CLI
-# promises one short line.
-MESSAGE_LIMIT = 400
-# Everything str.splitlines() breaks at, and NUL, which terminals and logs mangle.
-_BREAKS = str.maketrans(dict.fromkeys("\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029\x00", " "))
-
-
-def clip(value: Any, limit: int = 80) -> str:
-    """`str(value)` on one line, cut to `limit` characters."""
-    try:
-        text = value if isinstance(value, str) else str(value)
-    except ValueError:  # an int with more digits than Python converts
-        text = f"<{type(value).__name__} too long to show>"
-    text = text.translate(_BREAKS)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def quote(value: Any, limit: int = 80) -> str:
-    """`repr(value)` cut to `limit` characters (repr escapes newlines, so it stays one line)."""
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):
-        text = f"<{type(value).__name__} too long to show>"
-    return clip(text, limit)
-
-
-def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """A whole message as one line of at most `limit` characters."""
-    return clip(text, limit)

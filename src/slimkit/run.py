@@ -9,6 +9,7 @@ a ratio is only worth something when both sides were timed together.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gc
 import json
 import shutil
@@ -21,23 +22,32 @@ from typing import Any
 import numpy as np
 
 from slimkit import __version__
-from slimkit.artifact import is_artifact, load_artifact
+from slimkit.artifact import REPORT_JSON, copy_tree, is_artifact, load_artifact
 from slimkit.bench import Target, run_benchmark
 from slimkit.config import CandidateConfig, Recipe
 from slimkit.cpu_notes import step_notes
 from slimkit.data import Dataset, load_data
 from slimkit.errors import ConfigError, SlimkitError
 from slimkit.evaluate import collect_outputs, evaluate_outputs, primary_metric
-from slimkit.io import (
-    atomic_write_json,
-    atomic_write_text,
-    copy_tree,
-    sha256_json,
-)
+from slimkit.io import atomic_write_text, sha256_json
 from slimkit.machine import describe_machine
 from slimkit.model import Model, import_object, load_model
 from slimkit.pipeline import Built, Cache, build, model_key
 from slimkit.progress import console, progress_bar
+from slimkit.results import (
+    RESULTS_FILE,
+    Bench,
+    BenchSettings,
+    Candidate,
+    DataInfo,
+    LineageStep,
+    Machine,
+    Ratios,
+    RunResults,
+    RuntimeInfo,
+    save_results,
+    step_report,
+)
 from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
 
 
@@ -55,27 +65,45 @@ class CandidateResult:
 
 
 def run_recipe(recipe: Recipe) -> dict[str, Any]:
+    """The run's results as results.json holds them; `run_results` gives them typed."""
+    return run_results(recipe).to_document()
+
+
+def run_results(recipe: Recipe) -> RunResults:
+    """Every candidate built, evaluated and measured; a candidate that fails at any stage
+    keeps its error and the run goes on, so one bad step never costs the others' figures."""
     check_output_dir(recipe.output_dir)
     cache = Cache(Path(recipe.cache_dir) if recipe.cache_dir else None)
     base = load_model(recipe.model)
     data = load_data(recipe.data, base)
-    calib_spec = recipe.calibration_spec
-    calib = load_data(calib_spec, base) if calib_spec else None
-    base_key = model_key(base)
     errors: list[str] = []
-    log = recipe.output_dir / ERROR_LOG
     results = [CandidateResult(c.name, c.runtime, c.compile) for c in recipe.candidates]
     warnings: list[str] = []
-
-    def warn(text: str) -> None:
-        warnings.append(text)
-        console.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
-
     for cand, res in zip(recipe.candidates, results, strict=True):
         res.notes = step_notes(cand.steps, cand.runtime)
         for note in res.notes:
-            warn(f"{cand.name}: {note}")
+            _warn(warnings, f"{cand.name}: {note}")
+    _build_all(recipe, results, base, data, cache, warnings, errors)
+    _evaluate_all(recipe, results, data, cache, errors)
+    _benchmark_all(recipe, results, data)
+    doc = _results_doc(recipe, results, data, warnings)
+    _write_run(recipe, results, doc, errors)
+    return doc
 
+
+def _warn(warnings: list[str], text: str) -> None:
+    warnings.append(text)
+    console.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+
+
+def _build_all(recipe: Recipe, results: list[CandidateResult], base: Model, data: Dataset,
+               cache: Cache, warnings: list[str], errors: list[str]) -> None:
+    """Build every candidate; one that fails keeps its error and the others go on."""
+    calib_spec = recipe.calibration_spec
+    calib = load_data(calib_spec, base) if calib_spec else None
+    base_key = model_key(base)
+    log = recipe.output_dir / ERROR_LOG
+    warn = functools.partial(_warn, warnings)
     sources: dict[str, tuple[Model, str]] = {}
     calibrations: dict[str, Dataset] = {}
 
@@ -121,13 +149,6 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
             if res.built is not None:
                 res.details = technique_reports(cache, res.built)
             advance(1, cand.name)
-
-    _evaluate_all(recipe, results, data, cache, errors)
-    _benchmark_all(recipe, results, data)
-    doc = _results_doc(recipe, results, data)
-    doc["warnings"] = warnings
-    _write_run(recipe, results, doc, errors)
-    return doc
 
 
 ERROR_LOG = "errors.log"
@@ -251,67 +272,71 @@ def _benchmark_all(recipe: Recipe, results: list[CandidateResult], data: Dataset
                 r.error = f"benchmark: {r.bench.pop('error')}"
 
 
-TECHNIQUE_REPORTS = ("quantization.json", "fusion.json", "smoothing.json", "distill.json",
-                     "pruning.json")
-
-
 def technique_reports(cache: Cache, built: Built) -> dict[str, Any]:
-    """Reports that steps left beside their artifacts, by step name."""
+    """The report each step left beside its artifact, keyed by its place in the lineage and
+    its name ("2:static_int8"), so two steps of one technique both survive."""
     found = {}
-    for step in built.steps:
-        for name in TECHNIQUE_REPORTS:
-            path = cache.path(step.key) / name
-            if path.is_file():
-                found[step.step] = json.loads(path.read_text())
+    for k, step in enumerate(built.steps):
+        path = cache.path(step.key) / REPORT_JSON
+        if path.is_file():
+            found[f"{k}:{step.step}"] = json.loads(path.read_text())
     return found
 
 
 def model_bytes(path: Path) -> int:
-    """Bytes a deployment ships: the model files, not the reports kept beside them."""
-    return sum(f.stat().st_size for f in path.iterdir() if (f.is_file() and f.stem == "model")
-               or f.name.startswith("model.onnx"))
+    """Bytes a deployment ships: the model files, not the reports kept beside them; which
+    files those are, the artifact's format says."""
+    from slimkit.artifact import read_record
+    from slimkit.formats import get_format
+
+    return get_format(read_record(path).format).size(path)
 
 
-def _results_doc(recipe: Recipe, results: list[CandidateResult], data: Dataset) -> dict[str, Any]:
+def _candidate(r: CandidateResult, base_size: int | None) -> Candidate:
+    size = model_bytes(r.built.path) if r.built else None
+    bench = dict(r.bench)
+    ratios = bench.pop("ratios", None)
+    info = bench.pop("runtime_info", None)
+    if ratios is not None and size and base_size:
+        ratios = {**ratios, "size": size / base_size}
+    return Candidate(
+        name=r.name, runtime=r.runtime,
+        runtime_info=RuntimeInfo.model_validate(info) if info else None,
+        steps=[LineageStep.model_validate(s) for s in r.built.lineage()] if r.built else [],
+        key=r.built.key if r.built else None,
+        artifact=f"candidates/{r.name}" if r.built else None,
+        size_bytes=size,
+        quality=r.quality,
+        bench=Bench.model_validate(bench) if bench else None,
+        ratios=Ratios.model_validate(ratios) if ratios is not None and r.error is None else None,
+        error=r.error,
+        details={label: step_report(label, rep) for label, rep in r.details.items()} or None,
+        cpu_notes=r.notes,
+    )
+
+
+def _results_doc(recipe: Recipe, results: list[CandidateResult], data: Dataset,
+                 warnings: list[str]) -> RunResults:
     base = next(r for r in results if r.name == recipe.baseline.name)
     base_size = model_bytes(base.built.path) if base.built else None
-    cands = []
-    for r in results:
-        size = model_bytes(r.built.path) if r.built else None
-        ratios = r.bench.pop("ratios", None) if r.bench else None
-        if ratios is not None and size and base_size:
-            ratios["size"] = size / base_size
-        cands.append({
-            "name": r.name, "runtime": r.runtime,
-            "runtime_info": r.bench.get("runtime_info"),
-            "steps": r.built.lineage() if r.built else [],
-            "key": r.built.key if r.built else None,
-            "artifact": f"candidates/{r.name}" if r.built else None,
-            "size_bytes": size,
-            "quality": r.quality,
-            "bench": {k: v for k, v in r.bench.items() if k != "runtime_info"} or None,
-            "ratios": ratios if r.error is None else None,
-            "error": r.error,
-            "details": r.details or None,
-            "cpu_notes": r.notes,
-        })
-    return {
-        "name": recipe.name, "slimkit_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "task": recipe.evaluation.task,
-        "primary_metric": primary_metric(recipe.evaluation.task, data.labels is not None),
-        "data": {"name": data.name, "examples": len(data), "fingerprint": data.fingerprint()},
-        "machine": describe_machine(),
-        "benchmark": recipe.benchmark.model_dump(),
-        "baseline": recipe.baseline.name,
-        "recipe": recipe.model_dump(mode="json"),
-        "candidates": cands,
-    }
+    return RunResults(
+        name=recipe.name, slimkit_version=__version__,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        task=recipe.evaluation.task,
+        primary_metric=primary_metric(recipe.evaluation.task, data.labels is not None),
+        data=DataInfo(name=data.name, examples=len(data), fingerprint=data.fingerprint()),
+        machine=Machine.model_validate(describe_machine()),
+        benchmark=BenchSettings.model_validate(recipe.benchmark.model_dump()),
+        baseline=recipe.baseline.name,
+        recipe=recipe.model_dump(mode="json"),
+        warnings=warnings,
+        candidates=[_candidate(r, base_size) for r in results],
+    )
 
 
-def _write_run(recipe: Recipe, results: list[CandidateResult], doc: dict[str, Any],
+def _write_run(recipe: Recipe, results: list[CandidateResult], doc: RunResults,
                errors: list[str]) -> None:
-    from slimkit.report import render_html, render_markdown
+    from slimkit.report import write_reports
 
     out = recipe.output_dir
     # The output folder describes this run alone: what an earlier run left there (a candidate
@@ -325,9 +350,8 @@ def _write_run(recipe: Recipe, results: list[CandidateResult], doc: dict[str, An
         if r.built is not None:
             copy_tree(r.built.path, out / "candidates" / r.name)
     atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
-    atomic_write_json(out / "results.json", doc)
-    atomic_write_text(out / "report.md", render_markdown(doc))
-    atomic_write_text(out / "report.html", render_html(doc))
+    save_results(out / RESULTS_FILE, doc)
+    write_reports(out, doc)
     (out / ERROR_LOG).unlink(missing_ok=True)
     if errors:
         atomic_write_text(out / ERROR_LOG, "\n\n".join(errors))

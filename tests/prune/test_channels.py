@@ -22,7 +22,7 @@ from slimkit.pipeline import Cache, build, model_key
 from slimkit.registry import StepContext, parse_step
 from slimkit.techniques.prune import graph
 from slimkit.techniques.prune.channels import PruneChannels, prune_channels_torch
-from tests.models import batch, eager, perturb
+from tests.models import applied, batch, eager, perturb
 
 
 class Branchy(nn.Module):
@@ -71,7 +71,7 @@ def data(model: TorchModel, n: int = 48, classes: int = 4) -> Dataset:
 
 def prune(model: TorchModel, tmp: Path, **options: object) -> TorchModel:
     config = parse_step({"prune_channels": {"round_to": 2, "samples": 48, **options}})
-    out = prune_channels_torch(copy.deepcopy(model), config, StepContext(tmp, data(model)))
+    out = applied(prune_channels_torch, copy.deepcopy(model), config, StepContext(tmp, data(model)))
     assert isinstance(out, TorchModel)
     return out
 
@@ -143,7 +143,7 @@ def test_pruned_model_is_smaller_and_runs_on_onnxruntime(name: str, tmp_path: Pa
     assert flops(pruned, x) <= 0.6 * flops(model, x)
     assert params(pruned) < params(model)
     built = build(model, model_key(model), steps, "onnx", cache, data=data(model))
-    report = json.loads((cache.path(built.steps[0].key) / "pruning.json").read_text())
+    report = json.loads((cache.path(built.steps[0].key) / "report.json").read_text())
     assert report["flops_after"] == flops(pruned, x[:1])
     assert any(r["channels_after"] < r["channels_before"] for r in report["layers"])
     session = ort.InferenceSession(str(built.path / "model.onnx"))
@@ -171,8 +171,8 @@ def test_sensitivity_scan_gives_layers_different_ratios(tmp_path: Path) -> None:
     calibration = digits.load_data("calibration").head(64)
     config = parse_step({"prune_channels": {"importance": "l1", "flops_ratio": 0.5,
                                             "samples": 64, "levels": [0.75, 0.5, 0.25]}})
-    out = prune_channels_torch(model, config, StepContext(tmp_path, calibration))
-    report = json.loads((tmp_path / "pruning.json").read_text())
+    out = applied(prune_channels_torch, model, config, StepContext(tmp_path, calibration))
+    report = json.loads((tmp_path / "report.json").read_text())
     shares = {r["layer"]: r["channels_after"] / r["channels_before"] for r in report["layers"]}
     assert len(set(shares.values())) > 1, shares
     assert report["flops_ratio"] <= 0.5

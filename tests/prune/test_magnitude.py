@@ -27,7 +27,7 @@ from slimkit.techniques.prune.magnitude import (
 )
 from slimkit.techniques.prune.schedule import polynomial_sparsity
 from slimkit.torch_state import load_state, save_state
-from tests.models import eager, mlp_data, tiny_cnn, tiny_mlp
+from tests.models import applied, eager, mlp_data, tiny_cnn, tiny_mlp
 
 LAYERS = ("net.0", "net.2", "net.4")
 
@@ -43,7 +43,8 @@ def zeros(t: torch.Tensor) -> int:
 
 def prune(model: TorchModel, tmp_path: Path, data: Dataset | None = None,
           **options: object) -> TorchModel:
-    out = prune_magnitude_torch(model, PruneMagnitude(**options), StepContext(tmp_path, data))
+    out = applied(prune_magnitude_torch, model, PruneMagnitude(**options),
+                  StepContext(tmp_path, data))
     assert isinstance(out, TorchModel)
     return out
 
@@ -53,7 +54,7 @@ def test_global_scope_zeroes_exactly_the_smallest_share_across_layers(tmp_path: 
     after = weights(prune(tiny_mlp(), tmp_path, sparsity=0.7, exclude=[]))
     total = sum(w.numel() for w in before.values())
     assert sum(zeros(w) for w in after.values()) == round(0.7 * total)
-    report = json.loads((tmp_path / "pruning.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["sparsity"] == round(round(0.7 * total) / total, 6)
     pruned = torch.cat([before[n][after[n] == 0].abs() for n in LAYERS])
     kept = torch.cat([before[n][after[n] != 0].abs() for n in LAYERS])
@@ -74,7 +75,7 @@ def test_first_conv_and_output_layer_stay_dense_by_default(tmp_path: Path) -> No
     assert torch.equal(after["stem.0"], before["stem.0"])
     assert torch.equal(after["head.2"], before["head.2"])
     assert zeros(after["res.0"]) == round(0.5 * after["res.0"].numel())
-    report = json.loads((tmp_path / "pruning.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
     rows = {r["layer"]: r for r in report["layers"]}
     assert not rows["stem.0"]["pruned"] and rows["res.0"]["pruned"]
     assert rows["res.0"]["sparsity"] == pytest.approx(0.5, abs=1 / rows["res.0"]["params"])
@@ -132,7 +133,7 @@ def test_zeros_stay_zero_while_fine_tuning(tmp_path: Path) -> None:
     for n in LAYERS:
         assert torch.equal(tuned[n] == 0, one_shot[n] == 0), n
         assert not torch.allclose(tuned[n], one_shot[n])  # it did train
-    report = json.loads((tmp_path / "b" / "pruning.json").read_text())
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["fine_tuning"]["epochs"] == 2
 
 

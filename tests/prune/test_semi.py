@@ -18,13 +18,13 @@ from slimkit.model import TorchModel, load_model
 from slimkit.pipeline import Cache, build, model_key
 from slimkit.registry import StepContext, parse_step
 from slimkit.techniques.prune.semi import PruneSemiStructured, nm_mask, prune_semi_structured_torch
-from tests.models import eager, mlp_data, tiny_cnn, tiny_mlp
+from tests.models import applied, eager, mlp_data, tiny_cnn, tiny_mlp
 
 
 def prune(model: TorchModel, tmp_path: Path, data: Dataset | None = None,
           **options: object) -> TorchModel:
     config = PruneSemiStructured(**options)
-    out = prune_semi_structured_torch(model, config, StepContext(tmp_path, data))
+    out = applied(prune_semi_structured_torch, model, config, StepContext(tmp_path, data))
     assert isinstance(out, TorchModel)
     return out
 
@@ -53,7 +53,7 @@ def test_other_patterns_and_conv_over_the_flattened_input(tmp_path: Path) -> Non
     assert mask.shape == w.shape and (groups(mask, 8).sum(-1) == 1).all()
     model = prune(tiny_cnn(), tmp_path, exclude=[], conv=True)
     # the stem's flattened input (3 channels x 3 x 3 = 27) does not split into groups of 4
-    report = json.loads((tmp_path / "pruning.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["skipped"] == ["stem.0"]
     assert ((groups(model.module.res[0].weight, 4) != 0).sum(-1) == 2).all()
     assert "Runs dense on CPU" in report["note"]
@@ -92,7 +92,7 @@ def test_accelerate_without_cuda_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(TechniqueError, match="needs a CUDA GPU") as err:
         prune(tiny_mlp(), tmp_path, accelerate=True)
     assert "\n" not in str(err.value)
-    assert not (tmp_path / "pruning.json").exists()
+    assert not (tmp_path / "report.json").exists()
 
 
 def test_options_are_checked_and_round_trip_through_yaml() -> None:

@@ -18,7 +18,7 @@ from slimkit.runtimes import get_runtime
 from slimkit.techniques.prune.transformer import PruneTransformer, prune_transformer_torch
 from slimkit.techniques.prune.transformer_importance import taylor_scores
 from slimkit.techniques.prune.transformer_surgery import encoder_flops, encoder_layers
-from tests.models import token_data
+from tests.models import applied, token_data
 
 REF = ModelRef(source="tests.models:tiny_bert")
 
@@ -49,7 +49,7 @@ def test_removing_silent_units_changes_no_output(tmp_path: Path) -> None:
     batch = token_data(8, seed=3).inputs
     before = run(model, batch)
     config = PruneTransformer(importance="magnitude", heads=[3, 4], ffn=[64, 56], ffn_multiple=8)
-    pruned = prune_transformer_torch(model, config, StepContext(tmp_path))
+    pruned = applied(prune_transformer_torch, model, config, StepContext(tmp_path))
     assert isinstance(pruned, TorchModel)
     layers = encoder_layers(pruned.module)
     assert [(la.heads, la.ffn) for la in layers] == [(3, 64), (4, 56)]
@@ -73,7 +73,8 @@ def test_pruning_meets_the_flops_budget_and_writes_its_table(tmp_path: Path,
     params = sum(p.numel() for p in model.module.parameters())
     full = encoder_flops(encoder_layers(model.module), 16)
     config = PruneTransformer(flops_ratio=0.6, ffn_multiple=8, allocation=allocation)
-    pruned = prune_transformer_torch(model, config, StepContext(tmp_path, data=token_data()))
+    pruned = applied(prune_transformer_torch, model, config,
+                     StepContext(tmp_path, data=token_data()))
     assert isinstance(pruned, TorchModel)
     layers = encoder_layers(pruned.module)
     assert sum(p.numel() for p in pruned.module.parameters()) < params
@@ -82,7 +83,7 @@ def test_pruning_meets_the_flops_budget_and_writes_its_table(tmp_path: Path,
     record = pruned.steps[-1]
     assert record.heads == [la.heads for la in layers] and record.ffn == [la.ffn for la in layers]
     assert record.sequence_length == 16
-    table = json.loads((tmp_path / "pruning.json").read_text())
+    table = json.loads((tmp_path / "report.json").read_text())
     assert table["encoder_flops_after"] == encoder_flops(layers, 16)
     assert [r["heads_after"] for r in table["layers"]] == record.heads
     assert sum(r["flops_before"] for r in table["layers"]) == full
@@ -90,7 +91,7 @@ def test_pruning_meets_the_flops_budget_and_writes_its_table(tmp_path: Path,
 
 def test_heads_share_moves_the_saving_between_heads_and_ffn(tmp_path: Path) -> None:
     def kept(share: float) -> tuple[int, int]:
-        pruned = prune_transformer_torch(
+        pruned = applied(prune_transformer_torch,
             bert(), PruneTransformer(flops_ratio=0.6, ffn_multiple=8, heads_share=share,
                                      importance="magnitude"), StepContext(tmp_path))
         assert isinstance(pruned, TorchModel)
@@ -101,8 +102,9 @@ def test_heads_share_moves_the_saving_between_heads_and_ffn(tmp_path: Path) -> N
 
 
 def test_saved_artifact_rebuilds_from_the_record(tmp_path: Path) -> None:
-    pruned = prune_transformer_torch(bert(), PruneTransformer(flops_ratio=0.5, ffn_multiple=8),
-                                     StepContext(tmp_path, data=token_data()))
+    pruned = applied(prune_transformer_torch, bert(),
+                     PruneTransformer(flops_ratio=0.5, ffn_multiple=8),
+                     StepContext(tmp_path, data=token_data()))
     assert isinstance(pruned, TorchModel)
     save_artifact(pruned, tmp_path / "artifact")
     again = load_artifact(tmp_path / "artifact", trust_code=True)
@@ -139,7 +141,7 @@ def test_reconstruction_brings_the_output_closer_to_the_unpruned_one(tmp_path: P
     def error(reconstruct: bool) -> float:
         config = PruneTransformer(importance="magnitude", heads=[2, 2], ffn=[24, 24],
                                   ffn_multiple=8, reconstruct=reconstruct)
-        pruned = prune_transformer_torch(bert(), config,
+        pruned = applied(prune_transformer_torch, bert(), config,
                                          StepContext(tmp_path, data=token_data(64)))
         assert isinstance(pruned, TorchModel)
         return float(((run(pruned, batch) - expected) ** 2).sum())
@@ -162,8 +164,9 @@ def test_a_classifier_is_pruned_by_its_label_loss(tmp_path: Path) -> None:
     layers = encoder_layers(module)
     scores = taylor_scores(module, layers, ["input_ids", "attention_mask"], data)
     assert all((s > 0).all() for s in scores.heads)
-    pruned = prune_transformer_torch(model, PruneTransformer(flops_ratio=0.5, ffn_multiple=8),
-                                     StepContext(tmp_path, data=data))
+    pruned = applied(prune_transformer_torch, model,
+                     PruneTransformer(flops_ratio=0.5, ffn_multiple=8),
+                     StepContext(tmp_path, data=data))
     assert isinstance(pruned, TorchModel)
     assert sum(pruned.steps[-1].heads) < 8
     assert run(pruned, token_data(4, seed=2).inputs).shape == (4, 3)

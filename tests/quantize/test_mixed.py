@@ -54,7 +54,7 @@ def test_digits_under_a_tight_budget_beats_uniform_2bit(tmp_path: Path):
     reloaded, path = accuracy(step, "torch", "torch")  # rebuilt from the recorded allocation
     assert mixed > uniform + 0.05
     assert reloaded == pytest.approx(mixed, abs=0.01)
-    report = json.loads((path / "quantization.json").read_text())
+    report = json.loads((path / "report.json").read_text())
     assert report["weight_size_ratio"] <= 0.07
     assert set(report["bits"].values()) <= {2, 4, 8, 16} and len(set(report["bits"].values())) > 1
     saved = json.loads((path / "artifact.json").read_text())["steps"][-1]

@@ -49,7 +49,7 @@ def quantize(cnn: TorchModel, data: Dataset, cache: Path,
              budget: dict[str, float]) -> tuple[Built, dict[str, Any]]:
     step = parse_step({"nncf_int8": {"samples": 32, "budget": budget}})
     built = build(cnn, model_key(cnn), [step], "openvino", Cache(cache), data=data)
-    return built, json.loads((built.path / "quantization.json").read_text())
+    return built, json.loads((built.path / "report.json").read_text())
 
 
 def outputs(built: Built, data: Dataset) -> np.ndarray:

@@ -85,7 +85,7 @@ def test_static_int8_puts_qdq_around_matmuls_only_by_default(shared_cache_dir: P
     graph = onnx.load(str(built.path / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert "DequantizeLinear" in ops and "QuantizeLinear" in ops
-    report = json.loads((built.path / "quantization.json").read_text())
+    report = json.loads((built.path / "report.json").read_text())
     assert report["kept_float"] == [] and report["layers_total"] == 3
     assert (built.path / "calibration_ranges.json").is_file()
 
@@ -102,7 +102,7 @@ def test_budget_keeps_the_most_sensitive_layers_in_float(technique: str, tmp_pat
     target = 1 - (1 - plain_cos) / 2
     built, out = run(model, [{technique: {"budget": {"min_cosine": float(target)}}}],
                      "onnxruntime", tmp_path, x)
-    report = json.loads((built.path / "quantization.json").read_text())
+    report = json.loads((built.path / "report.json").read_text())
     assert 1 <= len(report["kept_float"]) < 3
     assert report["cosine"] >= target
     assert {r["precision"] for r in report["layers"]} == {"int8", "float"}

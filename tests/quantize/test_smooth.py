@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from slimkit.data import Dataset
+from slimkit.errors import TechniqueError
 from slimkit.model import ModelRef, TorchModel, load_model
 from slimkit.pipeline import Cache, build, model_key
 from slimkit.registry import parse_step
@@ -40,7 +42,7 @@ def test_float_function_is_unchanged_and_the_record_rebuilds_it(tmp_path: Path):
     data = outlier_data()
     built = build(model, model_key(model), [parse_step("smooth_quant")], "torch",
                   Cache(tmp_path), data=data)
-    report = json.loads((built.path / "smoothing.json").read_text())
+    report = json.loads((built.path / "report.json").read_text())
     assert [r["layer"] for r in report["layers"]] == ["net.0"]  # only the outlier input
     assert report["layers"][0]["int8_error"] < report["layers"][0]["int8_error_unsmoothed"]
     x = outlier_data(32, seed=5).inputs["x"]
@@ -66,3 +68,11 @@ def test_smoothing_helps_int8_on_onnxruntime(tmp_path: Path):
     plain = error([{"static_int8": {"calibration": "minmax"}}])
     smoothed = error(["smooth_quant", {"static_int8": {"calibration": "minmax"}}])
     assert smoothed < plain * 0.8
+
+
+def test_named_layers_are_checked_before_calibration(tmp_path: Path):
+    model = load_model(REF)
+    assert isinstance(model, TorchModel)
+    with pytest.raises(TechniqueError, match="not a Linear layer"):
+        build(model, model_key(model), [parse_step({"smooth_quant": {"layers": ["net.1"]}})],
+              "torch", Cache(tmp_path), data=outlier_data())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from slimkit.artifact import load_artifact
@@ -76,7 +77,7 @@ def test_budget_keeps_sensitive_linears_in_float(tmp_path: Path) -> None:
     step = {"torchao": {"scheme": "static_int8", "budget": {"min_cosine": float(target)}}}
     built = build(model, model_key(model), [parse_step(step)], "torch", Cache(tmp_path),
                   data=data)
-    report = json.loads((built.path / "quantization.json").read_text())
+    report = json.loads((built.path / "report.json").read_text())
     assert 1 <= len(report["kept_float"]) < 3 and report["cosine"] >= target
     record = json.loads((built.path / "artifact.json").read_text())
     assert record["steps"][-1]["exclude"] == report["kept_float"]
@@ -99,3 +100,17 @@ def test_yaml_round_trip_and_clear_errors(tmp_path: Path) -> None:
               "torch", Cache(tmp_path))
     with pytest.raises(TechniqueError):  # torchao's tensors are for the torch runtime
         build(model, model_key(model), [parse_step("torchao")], "onnx", Cache(tmp_path))
+
+
+def test_minmax_scales_are_the_exact_input_extremes(tmp_path: Path) -> None:
+    model, data = mlp(), calib()
+    step = {"torchao": {"scheme": "static_int8", "calibration": "minmax"}}
+    built = build(model, model_key(model), [parse_step(step)], "torch", Cache(tmp_path),
+                  data=data)
+    scales = json.loads((built.path / "artifact.json").read_text())["steps"][-1]["scales"]
+    h = torch.from_numpy(data.inputs["x"])
+    with torch.no_grad():
+        for i, layer in enumerate(model.module.net):
+            if isinstance(layer, torch.nn.Linear):
+                assert scales[f"net.{i}"][0] == float(h.abs().max()) / 127.0
+            h = layer(h)

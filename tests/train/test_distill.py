@@ -16,7 +16,7 @@ from slimkit.model import ModelRef, TorchModel, load_model
 from slimkit.pipeline import Cache, build, model_key
 from slimkit.registry import StepContext, parse_step
 from slimkit.techniques.distill import Distill, distill_torch
-from tests.models import batch, eager, perturb, trusted
+from tests.models import applied, batch, eager, perturb, trusted
 
 WIDE = "tests.models:tiny_mlp"
 
@@ -54,7 +54,7 @@ def test_a_narrow_student_learns_its_teachers_decisions(tmp_path: Path) -> None:
                                    "features": [["net.2", "net.2"]]}})
     cache = Cache(tmp_path / "cache")
     built = build(student, model_key(student), [step], "torch", cache, data=data)
-    report = json.loads((built.path / "distill.json").read_text())
+    report = json.loads((built.path / "report.json").read_text())
     assert report["loss"] == "response"  # auto: logits and labels
     losses = [row["loss"] for row in report["history"]]
     assert losses[-1] < 0.8 * losses[0]
@@ -82,12 +82,13 @@ def test_teacher_only_on_unlabelled_data_moves_a_damaged_copy_back(tmp_path: Pat
     held_out = rows(256, 3)
     before = cosine(eager(damaged, held_out), eager(source, held_out))
     config = Distill(epochs=4, lr=3e-3, batch_size=32)
-    out = distill_torch(damaged, config, StepContext(tmp_path, data, checkpoints=tmp_path / "c"))
+    out = applied(distill_torch, damaged, config,
+                  StepContext(tmp_path, data, checkpoints=tmp_path / "c"))
     assert isinstance(out, TorchModel)
     assert out.steps[-1].loss == "embedding"  # auto without labels: 1 - cosine
     after = cosine(eager(out, held_out), eager(source, held_out))
     assert after > before and 1 - after < 0.5 * (1 - before), (before, after)
-    report = json.loads((tmp_path / "distill.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["agreement"]["measure"] == "cosine" and len(report["history"]) == 4
 
 
@@ -98,8 +99,8 @@ def test_attention_transfer_on_conv_features(tmp_path: Path) -> None:
     data = Dataset(batch(cnn.inputs, 256, seed=4), None, "images")
     config = Distill(loss="feature", features=[("res", "res")], feature_loss="attention",
                      epochs=3, lr=3e-3, batch_size=32)
-    distill_torch(damaged, config, StepContext(tmp_path, data))
-    history = json.loads((tmp_path / "distill.json").read_text())["history"]
+    applied(distill_torch, damaged, config, StepContext(tmp_path, data))
+    history = json.loads((tmp_path / "report.json").read_text())["history"]
     assert history[-1]["loss"] < history[0]["loss"]
 
 
@@ -124,7 +125,8 @@ def test_unknown_feature_module_is_one_clear_error(tmp_path: Path) -> None:
     assert isinstance(model, TorchModel)
     data = Dataset({"x": rows(64, 0)}, None, "d")
     with pytest.raises(TechniqueError, match=r"no module 'net\.9'"):
-        distill_torch(model, Distill(features=[("net.9", "net.0")]), StepContext(tmp_path, data))
+        applied(distill_torch, model, Distill(features=[("net.9", "net.0")]),
+                StepContext(tmp_path, data))
 
 
 def embed(model: TorchModel, data: Dataset) -> np.ndarray:
@@ -144,11 +146,11 @@ def test_token_hidden_states_pull_a_student_towards_its_teacher(tmp_path: Path) 
     before = cosine(embed(student, held_out), embed(teacher, held_out))
     config = Distill(teacher="tests.models:tiny_bert", hidden="all", epochs=3, lr=3e-3,
                      batch_size=32)
-    out = distill_torch(student, config, StepContext(tmp_path, data))
+    out = applied(distill_torch, student, config, StepContext(tmp_path, data))
     assert isinstance(out, TorchModel)
     after = cosine(embed(out, held_out), embed(teacher, held_out))
     assert 1 - after < 0.5 * (1 - before), (before, after)
-    report = json.loads((tmp_path / "distill.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["hidden_states"] == [["encoder.encoder.layer.0", "encoder.encoder.layer.0"],
                                        ["encoder.encoder.layer.1", "encoder.encoder.layer.1"]]
 
@@ -159,7 +161,7 @@ def test_hidden_all_needs_layers_of_one_depth(tmp_path: Path) -> None:
     student = load_model(ModelRef(source="tests.models:tiny_bert", kwargs={"layers": 1}))
     config = Distill(teacher="tests.models:tiny_bert", hidden="all", epochs=1)
     with pytest.raises(TechniqueError, match="as many layers"):
-        distill_torch(student, config, StepContext(tmp_path, token_data(32)))
+        applied(distill_torch, student, config, StepContext(tmp_path, token_data(32)))
 
 
 def test_per_token_outputs_keep_their_padding_and_train(tmp_path: Path) -> None:
@@ -167,9 +169,9 @@ def test_per_token_outputs_keep_their_padding_and_train(tmp_path: Path) -> None:
 
     student = load_model(ModelRef(source="tests.models:tiny_bert_tokens", kwargs={"seed": 1}))
     config = Distill(teacher="tests.models:tiny_bert_tokens", epochs=1, batch_size=8)
-    out = distill_torch(student, config, StepContext(tmp_path, token_data(32)))
+    out = applied(distill_torch, student, config, StepContext(tmp_path, token_data(32)))
     assert isinstance(out, TorchModel) and out.steps[-1].loss == "embedding"
-    assert json.loads((tmp_path / "distill.json").read_text())["steps"] == 4
+    assert json.loads((tmp_path / "report.json").read_text())["steps"] == 4
 
 
 def test_frozen_parameters_stay_the_same_and_trainable_afterwards(tmp_path: Path) -> None:
@@ -183,7 +185,7 @@ def test_frozen_parameters_stay_the_same_and_trainable_afterwards(tmp_path: Path
     frozen = "encoder.embeddings.word_embeddings"
     config = Distill(teacher="tests.models:tiny_bert", hidden="all", epochs=1, lr=3e-3,
                      batch_size=16, freeze=[frozen])
-    out = distill_torch(student, config, StepContext(tmp_path, token_data(32)))
+    out = applied(distill_torch, student, config, StepContext(tmp_path, token_data(32)))
     after = dict(out.module.named_parameters())
     assert all(p.requires_grad for p in after.values())
     changed = {n for n, v in before.items() if not torch.equal(after[n].detach(), v)}
@@ -199,4 +201,4 @@ def test_freeze_naming_no_parameter_is_refused(tmp_path: Path) -> None:
     config = Distill(teacher="tests.models:tiny_bert", epochs=1, freeze=["word_embeddings"])
     with pytest.raises(TechniqueError, match="freeze names no parameter 'word_embeddings' "
                                              r"\(like: encoder.embeddings.word_embeddings"):
-        distill_torch(student, config, StepContext(tmp_path, token_data(32)))
+        applied(distill_torch, student, config, StepContext(tmp_path, token_data(32)))

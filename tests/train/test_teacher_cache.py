@@ -13,9 +13,9 @@ import torch
 from slimkit.model import ModelRef, TorchModel, load_model
 from slimkit.registry import StepContext
 from slimkit.techniques.distill import Distill, distill_torch
-from slimkit.techniques.teacher_cache import HIDDEN, OUTPUT, RunTeacher, teacher_columns
 from slimkit.train.outputs import first_tensor
-from tests.models import tiny_bert, token_data
+from slimkit.train.teacher_cache import HIDDEN, OUTPUT, RunTeacher, teacher_columns
+from tests.models import applied, tiny_bert, token_data
 
 
 def _run(module: torch.nn.Module) -> tuple[RunTeacher, list[Any]]:
@@ -72,8 +72,8 @@ def test_hidden_distillation_with_and_without_the_cache_agree(tmp_path: Path) ->
                          batch_size=16, teacher_cache_gb=cap)
         work = tmp_path / str(cap)
         work.mkdir()
-        out = distill_torch(student, config, StepContext(work, data))
-        results.append((out.module.state_dict(), json.loads((work / "distill.json").read_text())))
+        out = applied(distill_torch, student, config, StepContext(work, data))
+        results.append((out.module.state_dict(), json.loads((work / "report.json").read_text())))
     (cached, a), (live, b) = results
     assert a["steps"] == b["steps"] == 12
     assert (a["teacher_run"], b["teacher_run"]) == ("once, before training", "at every step")

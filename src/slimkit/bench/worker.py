@@ -23,7 +23,7 @@ def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
+                return int(line.split()[1]) * 1024 / 1e6  # kB (KiB) to MB, as sizes are
     return float("nan")
 
 

@@ -31,8 +31,7 @@ def cast_torch(model: Model, config: Cast, ctx: StepContext) -> Model:
         raise TechniqueError("cast: the model has quantized layers; cast before quantizing")
     dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float16
     module = CastIO(model.module, dtype)
-    return TorchModel(module.eval(), model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
+    return TorchModel(module.eval(), model.inputs, model.tokenizer, ref=model.ref)
 
 
 @technique(Cast, format="onnx")

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from slimkit.errors import TechniqueError
 from slimkit.model import FileModel, Model, TorchModel
-from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 from slimkit.techniques.quantize.budget import Budget
 from slimkit.techniques.quantize.ort_kernels import (
     Int8Mode,
@@ -34,7 +34,10 @@ DEFAULT_OP_TYPES = ["MatMul", "Gemm", "Attention", "LSTM", "Gather"]
 
 class DynamicInt8(TechniqueConfig):
     technique: Literal["dynamic_int8"] = "dynamic_int8"
-    version = 3  # 2: Gather in the default operator types; 3: int8_mode chosen by the CPU
+    # 2: Gather in the default operator types; 3: int8_mode chosen by the CPU; 4: a max_drop
+    # budget without labels counts the drop against the float model's top-1 (it passed
+    # unchecked)
+    version = 4
     per_channel: bool = Field(True, description="one weight scale per output channel")
     int8_mode: Int8Mode = Field("auto", description="ONNX Runtime operand types: u8s8, "
                                 "reduce_range (7-bit weights) or u8u8; auto picks by the CPU")
@@ -64,11 +67,10 @@ def quiet_root_logger() -> Iterator[None]:
 
 
 @technique(DynamicInt8, format="onnx", targets={"onnx"})
-def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> Model:
+def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> StepResult:
     import onnx
     from onnxruntime.quantization import quantize_dynamic
 
-    from slimkit.io import atomic_write_json
     from slimkit.techniques.quantize.onnx_graph import gemm_to_matmul
     from slimkit.techniques.quantize.ort_budget import quantize_within_budget
 
@@ -95,8 +97,8 @@ def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> Mo
     try:
         if config.budget is None:
             quantize(out, None, [])
-            atomic_write_json(ctx.workdir / "quantization.json", report)
-            return FileModel("onnx", out, model.inputs, model.tokenizer)
+            return StepResult(FileModel("onnx", out, model.inputs, model.tokenizer),
+                              report=report)
         if ctx.data is None:
             raise TechniqueError("dynamic_int8 with a budget needs calibration data")
         proto = onnx.load(str(source), load_external_data=False)
@@ -106,8 +108,7 @@ def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> Mo
                                              ctx.data, ctx.threads))
     finally:
         source.unlink()
-    atomic_write_json(ctx.workdir / "quantization.json", report)
-    return FileModel("onnx", out, model.inputs, model.tokenizer)
+    return StepResult(FileModel("onnx", out, model.inputs, model.tokenizer), report=report)
 
 
 @technique(DynamicInt8, format="torch", targets={"torch"})
@@ -126,5 +127,4 @@ def dynamic_int8_torch(model: Model, config: DynamicInt8, ctx: StepContext) -> M
     with warnings.catch_warnings():  # torch.ao's quantized tensors warn of their deprecation
         warnings.simplefilter("ignore")
         module = quantize_dynamic(model.module, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
-    return TorchModel(module.eval(), model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
+    return TorchModel(module.eval(), model.inputs, model.tokenizer, ref=model.ref)

@@ -12,9 +12,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from slimkit.io import atomic_write_json
 from slimkit.model import FileModel, Model
-from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 
 
 class FuseTransformer(TechniqueConfig):
@@ -25,7 +24,7 @@ class FuseTransformer(TechniqueConfig):
 
 
 @technique(FuseTransformer, format="onnx", targets={"onnx"})
-def fuse_transformer(model: Model, config: FuseTransformer, ctx: StepContext) -> Model:
+def fuse_transformer(model: Model, config: FuseTransformer, ctx: StepContext) -> StepResult:
     from onnxruntime.transformers.optimizer import optimize_model
 
     assert isinstance(model, FileModel)
@@ -35,5 +34,5 @@ def fuse_transformer(model: Model, config: FuseTransformer, ctx: StepContext) ->
     out = ctx.workdir / "model.onnx"
     opt.save_model_to_file(str(out))
     fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-    atomic_write_json(ctx.workdir / "fusion.json", {"fused_operators": fused})
-    return FileModel("onnx", out, model.inputs, model.tokenizer)
+    return StepResult(FileModel("onnx", out, model.inputs, model.tokenizer),
+                      report={"fused_operators": fused})

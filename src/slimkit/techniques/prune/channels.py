@@ -18,14 +18,11 @@ from torch import nn
 
 from slimkit.data import Dataset
 from slimkit.errors import TechniqueError
-from slimkit.io import atomic_write_json
 from slimkit.model import Model, TorchModel
-from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 from slimkit.techniques.prune import graph
 from slimkit.techniques.prune.importance import Method, scores
 from slimkit.techniques.prune.sensitivity import FlopsModel, allocate, quality_loss, scan
-
-REPORT = "pruning.json"
 
 
 class PruneChannels(TechniqueConfig):
@@ -100,8 +97,7 @@ def _rebuild(model: Model, config: PruneChannels, ctx: StepContext) -> Model:
     if config.kept is None:
         raise TechniqueError("prune_channels: the saved step has no kept counts to rebuild from")
     graph.apply_kept(model.module.eval(), graph.example_inputs(model.inputs), config.kept)
-    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
+    return model
 
 
 def _by_root(kept: dict[str, int], groups: list[graph.Group]) -> dict[str, int]:
@@ -120,7 +116,7 @@ def _by_root(kept: dict[str, int], groups: list[graph.Group]) -> dict[str, int]:
 
 
 @technique(PruneChannels, format="torch", requires_data=True, rebuild=_rebuild)
-def prune_channels_torch(model: Model, config: PruneChannels, ctx: StepContext) -> Model:
+def prune_channels_torch(model: Model, config: PruneChannels, ctx: StepContext) -> StepResult:
     from slimkit.progress import progress_bar
 
     assert isinstance(model, TorchModel)
@@ -175,13 +171,13 @@ def prune_channels_torch(model: Model, config: PruneChannels, ctx: StepContext) 
                      "sensitivity": curves.get(g.root, {}).get(k, 0.0),
                      "flops_before": sum(before[n] for n in g.outputs),
                      "flops_after": sum(after[n] for n in g.outputs)})
-    atomic_write_json(ctx.workdir / REPORT, {
+    report = {
         "target": ({"kept": config.kept} if config.kept else
                    {"flops_ratio": config.flops_ratio, "ratio": config.ratio}),
         "flops_before": total, "flops_after": total_after, "flops_ratio": total_after / total,
         "params_before": params, "params_after": sum(p.numel() for p in module.parameters()),
         "quality_loss": quality(module), "bn_recalibrated": config.recalibrate_bn,
         "layers": rows,
-    })
-    return TorchModel(module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config.model_copy(update={"kept": kept})])
+    }
+    return StepResult(TorchModel(module, model.inputs, model.tokenizer, ref=model.ref),
+                      record=config.model_copy(update={"kept": kept}), report=report)

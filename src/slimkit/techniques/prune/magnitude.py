@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from slimkit.errors import TechniqueError
-from slimkit.io import atomic_write_json
 from slimkit.model import Model, TorchModel
-from slimkit.registry import StepContext, technique
+from slimkit.registry import StepContext, StepResult, technique
 from slimkit.techniques.prune.schedule import (
     DENSE_RUNTIME_NOTE,
     PruneTraining,
@@ -28,7 +27,7 @@ from slimkit.techniques.prune.schedule import (
     overall,
     polynomial_sparsity,
     prunable_kinds,
-    training_loss,
+    training_target,
 )
 
 if TYPE_CHECKING:
@@ -120,19 +119,19 @@ def ramp_target(config: PruneMagnitude, step: int, total: int) -> float | None:
 def _rebuild(model: Model, config: PruneMagnitude, ctx: StepContext) -> Model:
     """Shapes do not change; the saved weights carry the zeros."""
     assert isinstance(model, TorchModel)
-    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
+    return model
 
 
 @technique(PruneMagnitude, format="torch", rebuild=_rebuild)
-def prune_magnitude_torch(model: Model, config: PruneMagnitude, ctx: StepContext) -> Model:
+def prune_magnitude_torch(model: Model, config: PruneMagnitude,
+                          ctx: StepContext) -> StepResult:
     assert isinstance(model, TorchModel)
     every = {n: m for n, m in model.module.named_modules() if isinstance(m, prunable_kinds())}
     layers = candidate_layers(model.module, prunable_kinds(), config.exclude)
     if not layers:
         raise TechniqueError("prune_magnitude: no Conv/Linear layer is left to prune "
                              "(check exclude)")
-    loss = training_loss(model, config, ctx)
+    tuning = training_target(model, config, ctx)
 
     def masks_at(sparsity: float) -> dict[str, torch.Tensor]:
         if config.threshold is not None:
@@ -157,19 +156,19 @@ def prune_magnitude_torch(model: Model, config: PruneMagnitude, ctx: StepContext
             masks, masks_step = masks_at(target), step
         apply_masks(layers, masks)
 
-    result = fine_tune(model.module, loss, config, ctx, after_step, "pruning fine-tuning")
+    result = fine_tune(model.module, tuning, config, ctx, after_step, "pruning fine-tuning")
     # A time budget may stop training before the ramp ended: finish at the target.
     if config.threshold is None:
         masks = masks_at(final)
     apply_masks(layers, masks)
     model.module.eval()
     rows = layer_table(every, set(layers))
-    atomic_write_json(ctx.workdir / "pruning.json", {
+    report = {
         "method": "unstructured magnitude", "scope": config.scope, "schedule": config.schedule,
         "target_sparsity": config.sparsity, "threshold": config.threshold,
         "sparsity": overall(rows, only_pruned=True),
         "sparsity_all_layers": overall(rows, only_pruned=False),
         "layers": rows, **history(result), "note": DENSE_RUNTIME_NOTE,
-    })
-    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
+    }
+    return StepResult(TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref),
+                      report=report)

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from slimkit.errors import TechniqueError
-from slimkit.io import atomic_write_json
 from slimkit.model import Model, TorchModel
-from slimkit.registry import StepContext, technique
+from slimkit.registry import StepContext, StepResult, technique
 from slimkit.techniques.prune.schedule import (
     DENSE_RUNTIME_NOTE,
     PruneTraining,
@@ -27,7 +26,7 @@ from slimkit.techniques.prune.schedule import (
     layer_table,
     overall,
     prunable_kinds,
-    training_loss,
+    training_target,
 )
 
 if TYPE_CHECKING:
@@ -147,13 +146,12 @@ def _rebuild(model: Model, config: PruneSemiStructured, ctx: StepContext) -> Mod
     assert isinstance(model, TorchModel)
     if config.accelerate:
         _accelerate(model.module, _pruned_layers(model.module, config))
-    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
+    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref)
 
 
 @technique(PruneSemiStructured, format="torch", rebuild=_rebuild)
 def prune_semi_structured_torch(model: Model, config: PruneSemiStructured,
-                                ctx: StepContext) -> Model:
+                                ctx: StepContext) -> StepResult:
     assert isinstance(model, TorchModel)
     if config.accelerate:
         _check_cuda()  # before any work
@@ -164,16 +162,16 @@ def prune_semi_structured_torch(model: Model, config: PruneSemiStructured,
     if not layers:
         raise TechniqueError(f"prune_semi_structured: no {'Conv/' if config.conv else ''}Linear "
                              f"layer with an input size divisible by {config.m} is left to prune")
-    loss = training_loss(model, config, ctx)
+    tuning = training_target(model, config, ctx)
     masks = {n: nm_mask(layer.weight, config.n, config.m) for n, layer in layers.items()}
     apply_masks(layers, masks)
-    result = fine_tune(model.module, loss, config, ctx,
+    result = fine_tune(model.module, tuning, config, ctx,
                        lambda _step, _total: apply_masks(layers, masks), "N:M fine-tuning")
     apply_masks(layers, masks)
     model.module.eval()
     rows = layer_table(every, set(layers))
     accelerated = _accelerate(model.module, layers) if config.accelerate else []
-    atomic_write_json(ctx.workdir / "pruning.json", {
+    report = {
         "method": f"semi-structured {config.n}:{config.m}",
         "sparsity": overall(rows, only_pruned=True),
         "sparsity_all_layers": overall(rows, only_pruned=False),
@@ -184,6 +182,6 @@ def prune_semi_structured_torch(model: Model, config: PruneSemiStructured,
                  if accelerated else
                  "Runs dense on CPU: the N:M pattern is only faster on GPUs with sparse tensor "
                  "cores (NVIDIA Ampere or newer, fp16/bf16/int8). " + DENSE_RUNTIME_NOTE),
-    })
-    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
+    }
+    return StepResult(TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref),
+                      report=report)

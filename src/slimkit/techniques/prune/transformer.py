@@ -15,9 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from slimkit.errors import TechniqueError
-from slimkit.io import atomic_write_json
 from slimkit.model import Model, TorchModel
-from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 
 
 class PruneTransformer(TechniqueConfig):
@@ -52,11 +51,6 @@ class PruneTransformer(TechniqueConfig):
         return self.importance == "taylor" or self.reconstruct
 
 
-def _result(model: TorchModel, config: PruneTransformer) -> TorchModel:
-    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
-
-
 def _rebuild(model: Model, config: PruneTransformer, ctx: StepContext) -> Model:
     from slimkit.techniques.prune.transformer_surgery import encoder_layers, parent_map, shrink
 
@@ -70,7 +64,7 @@ def _rebuild(model: Model, config: PruneTransformer, ctx: StepContext) -> Model:
     parents = parent_map(model.module)
     for la, h, f in zip(layers, config.heads, config.ffn, strict=True):
         shrink(la, parents, list(range(h)), list(range(f)))
-    return _result(model, config)
+    return model
 
 
 def _sequence_length(model: TorchModel, config: PruneTransformer, ctx: StepContext) -> int:
@@ -84,7 +78,8 @@ def _sequence_length(model: TorchModel, config: PruneTransformer, ctx: StepConte
 
 
 @technique(PruneTransformer, format="torch", requires_data=True, rebuild=_rebuild)
-def prune_transformer_torch(model: Model, config: PruneTransformer, ctx: StepContext) -> Model:
+def prune_transformer_torch(model: Model, config: PruneTransformer,
+                            ctx: StepContext) -> StepResult:
     from slimkit.techniques.prune import transformer_allocate as alloc
     from slimkit.techniques.prune import transformer_reconstruct as rec
     from slimkit.techniques.prune.transformer_importance import magnitude_scores, taylor_scores
@@ -134,11 +129,11 @@ def prune_transformer_torch(model: Model, config: PruneTransformer, ctx: StepCon
         rec.reconstruct(model.module, original, names, data)
     layers = encoder_layers(model.module)
     after = encoder_flops(layers, seq)
-    atomic_write_json(ctx.workdir / "pruning.json", {
+    report = {
         "sequence_length": seq, "importance": config.importance,
         "allocation": config.allocation, "encoder_flops_before": before,
-        "encoder_flops_after": after, "flops_ratio": after / before, "layers": rows})
+        "encoder_flops_after": after, "flops_ratio": after / before, "layers": rows}
     record = config.model_copy(update={"heads": [la.heads for la in layers],
                                        "ffn": [la.ffn for la in layers],
                                        "sequence_length": seq})
-    return _result(model, record)
+    return StepResult(model, record=record, report=report)

@@ -15,9 +15,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from slimkit.errors import TechniqueError
-from slimkit.io import atomic_write_json
 from slimkit.model import Model, TorchModel
-from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+from slimkit.techniques.allocate import buy_while_it_helps, total
 
 _WIDTHS = (2, 3, 4, 5, 6, 7, 8, 16)
 
@@ -57,32 +57,22 @@ class MixedPrecision(TechniqueConfig):
 
 def allocate(sizes: list[int], sensitivity: list[dict[int, float]], widths: list[int],
              budget_bits: float) -> list[int]:
-    """Greedy knapsack: start at the narrowest width, upgrade the layer whose next width
+    """Start at the narrowest width and widen, one width at a time, the layer whose next width
     removes most error per added bit, while the total stays within `budget_bits`."""
-    choice = [widths[0]] * len(sizes)
-    used = sum(n * widths[0] for n in sizes)
-    if used > budget_bits:
+    damage = {i: {w: row[w] for w in widths} for i, row in enumerate(sensitivity)}
+    bits = {i: {w: n * w for w in widths} for i, n in enumerate(sizes)}
+    start = dict.fromkeys(damage, widths[0])
+    if total(bits, start) > budget_bits:
         raise TechniqueError(f"mixed_precision: even {widths[0]} bits everywhere exceed the budget")
-    while True:
-        best, best_gain = None, 0.0
-        for i, (n, b) in enumerate(zip(sizes, choice, strict=True)):
-            nxt = next((w for w in widths if w > b), None)
-            if nxt is None or used + n * (nxt - b) > budget_bits:
-                continue
-            gain = (sensitivity[i][b] - sensitivity[i][nxt]) / (n * (nxt - b))
-            if gain > best_gain:
-                best, best_gain = i, gain
-        if best is None:
-            return choice
-        nxt = next(w for w in widths if w > choice[best])
-        used += sizes[best] * (nxt - choice[best])
-        choice[best] = nxt
+    choice = buy_while_it_helps(damage, start, bits, budget_bits, adjacent=True)
+    return [choice[i] for i in range(len(sizes))]
 
 
 def _sensitivities(module: Any, data: Any, names: list[str], widths: list[int]
                    ) -> tuple[list[str], list[int], list[dict[int, float]]]:
     import torch
 
+    from slimkit.evaluate.fidelity import relative_error
     from slimkit.techniques.quantize.fold import fold_batchnorms
     from slimkit.techniques.quantize.primitives import quantize_tensor
 
@@ -93,7 +83,6 @@ def _sensitivities(module: Any, data: Any, names: list[str], widths: list[int]
               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     with torch.no_grad():
         reference = module(*feeds)
-        power = float((reference**2).mean()) or 1.0
         table = []
         for _, m in layers:
             w = m.weight.data.clone()
@@ -104,7 +93,7 @@ def _sensitivities(module: Any, data: Any, names: list[str], widths: list[int]
                     continue
                 qt = quantize_tensor(w.numpy(), b, symmetric=True, granularity="channel", axis=0)
                 m.weight.data = torch.from_numpy(qt.dequantize())
-                row[b] = float(((module(*feeds) - reference) ** 2).mean()) / power
+                row[b] = relative_error(module(*feeds), reference)
             m.weight.data = w
             table.append(row)
     return [n for n, _ in layers], [m.weight.numel() for _, m in layers], table
@@ -115,7 +104,8 @@ def _rebuild(model: Model, config: MixedPrecision, ctx: StepContext) -> Model:
 
 
 @technique(MixedPrecision, format="torch", requires_data=True, rebuild=_rebuild)
-def mixed_precision_torch(model: Model, config: MixedPrecision, ctx: StepContext) -> Model:
+def mixed_precision_torch(model: Model, config: MixedPrecision,
+                          ctx: StepContext) -> StepResult:
     from slimkit.techniques.quantize.qat import QAT, qat_torch
 
     assert isinstance(model, TorchModel)
@@ -133,17 +123,17 @@ def mixed_precision_torch(model: Model, config: MixedPrecision, ctx: StepContext
               lr=config.lr, batch_size=config.batch_size)
     out = qat_torch(model, qat, ctx, bits=bits_map)
     assert isinstance(out, TorchModel)
-    out.steps[-1] = config.model_copy(update={"allocation": bits_map})
     achieved = sum(n * b for n, b in zip(sizes, choice, strict=True)) / (32 * sum(sizes))
-    atomic_write_json(ctx.workdir / "quantization.json", {
+    report = {
         "size_budget": config.size_budget, "weight_size_ratio": achieved,
         "bits": bits_map,
         "layers": sorted(({"layer": n, "sensitivity": table[i][config.bits[0]],
                            "precision": "float" if choice[i] >= 16 else f"int{choice[i]}"}
                           for i, n in enumerate(layer_names)), key=lambda r: -r["sensitivity"]),
         "sensitivity_by_bits": {n: table[i] for i, n in enumerate(layer_names)},
-    })
-    return out
+    }
+    return StepResult(out, record=config.model_copy(update={"allocation": bits_map}),
+                      report=report)
 
 
 def rebuild_mixed(model: Model, config: MixedPrecision, ctx: StepContext) -> Model:
@@ -154,6 +144,4 @@ def rebuild_mixed(model: Model, config: MixedPrecision, ctx: StepContext) -> Mod
     if config.allocation is None:
         raise TechniqueError("mixed_precision: the saved step has no allocation to rebuild from")
     qat = QAT(weight_bits=8, activation_bits=config.activation_bits)
-    rebuilt, _ = structure(model, qat, config.allocation)
-    rebuilt.steps[-1] = config
-    return rebuilt
+    return structure(model, qat, config.allocation)[0]

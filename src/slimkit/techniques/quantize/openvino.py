@@ -18,10 +18,10 @@ import numpy as np
 from pydantic import Field
 
 from slimkit.errors import TechniqueError
-from slimkit.io import atomic_write_json
+from slimkit.evaluate import fidelity
+from slimkit.evaluate.fidelity import Budget
 from slimkit.model import FileModel, Model
-from slimkit.registry import StepContext, TechniqueConfig, technique
-from slimkit.techniques.quantize.budget import Budget, measure
+from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 
 ATTENTION_OPS = {"Softmax", "ScaledDotProductAttention"}
 
@@ -64,7 +64,7 @@ def _feeds(ctx: StepContext, n: int, names: list[str]) -> list[dict[str, np.ndar
 
 
 @technique(NncfInt8, format="openvino", requires_data=True, targets={"openvino"})
-def nncf_int8(model: Model, config: NncfInt8, ctx: StepContext) -> Model:
+def nncf_int8(model: Model, config: NncfInt8, ctx: StepContext) -> StepResult:
     import openvino as ov
 
     nncf = _nncf()
@@ -86,17 +86,21 @@ def nncf_int8(model: Model, config: NncfInt8, ctx: StepContext) -> Model:
 
         kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
             smooth_quant_alpha=config.smooth_quant_alpha)
+    report = None
     if config.budget is None:
         quantized = nncf.quantize(ir, calib, **kwargs)
     else:
-        quantized = _with_accuracy_control(nncf, ir, calib, config.budget, ctx, names, kwargs)
+        quantized, report = _with_accuracy_control(nncf, ir, calib, config.budget, ctx, names,
+                                                   kwargs)
     out = ctx.workdir / "model.xml"
     ov.save_model(quantized, str(out), compress_to_fp16=False)
-    return FileModel("openvino", out, model.inputs, model.tokenizer, dict(model.session_options))
+    made = FileModel("openvino", out, model.inputs, model.tokenizer, dict(model.session_options))
+    return StepResult(made, report=report)
 
 
 def _with_accuracy_control(nncf: Any, ir: Any, calib: Any, budget: Budget, ctx: StepContext,
-                           names: list[str], kwargs: dict[str, Any]) -> Any:
+                           names: list[str], kwargs: dict[str, Any]
+                           ) -> tuple[Any, dict[str, Any]]:
     """NNCF reverts layers to float until the float model's score minus the quantized one's
     is within `max_drop`. The score must be a real metric in the budget's unit, higher better:
     NNCF computes `quantized / initial` whenever the score falls, so a float score of 0 (as a
@@ -110,7 +114,7 @@ def _with_accuracy_control(nncf: Any, ir: Any, calib: Any, budget: Budget, ctx: 
     check = ctx.data.head(min(len(ctx.data), 256))
     feeds = [{k: check.inputs[k][i : i + 32] for k in names} for i in range(0, len(check), 32)]
     reference = _first_output(ov.Core().compile_model(ir, "CPU", _F32), feeds)
-    targets = _targets(budget, reference, check.labels)
+    targets = fidelity.accuracy_targets(budget, reference, check.labels)
     score = _scorer(budget, reference, targets)
 
     def validate(compiled: Any, items: Any) -> tuple[float, list[list[np.ndarray]]]:
@@ -135,7 +139,7 @@ def _with_accuracy_control(nncf: Any, ir: Any, calib: Any, budget: Budget, ctx: 
                 intermediate_model_dir=tmp), **kwargs)
         full = _quantized_ops(ov.Core().read_model(f"{tmp}/intermediate_model.xml"))
     final = _first_output(ov.Core().compile_model(quantized, "CPU", _F32), feeds)
-    quality = measure(final, reference, targets)
+    quality = fidelity.score(final, reference, targets)
     report: dict[str, Any] = {
         "kept_float": sorted(full - _quantized_ops(quantized)), "layers_total": len(full),
         "budget": budget.model_dump(), "cosine": quality.cosine,
@@ -143,8 +147,7 @@ def _with_accuracy_control(nncf: Any, ir: Any, calib: Any, budget: Budget, ctx: 
         "checked_on": len(check)}
     if quality.accuracy_drop is not None:
         report["drop_against"] = "labels" if check.labels is not None else "float top-1"
-    atomic_write_json(ctx.workdir / "quantization.json", report)
-    return quantized
+    return quantized, report
 
 
 _F32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -154,27 +157,12 @@ def _first_output(compiled: Any, feeds: list[dict[str, np.ndarray]]) -> np.ndarr
     return np.concatenate([compiled(f)[0] for f in feeds])
 
 
-def _targets(budget: Budget, reference: np.ndarray, labels: np.ndarray | None,
-             ) -> np.ndarray | None:
-    """What accuracy is counted against: the labels, or without them the float model's own
-    top-1 (a drop is then disagreement with it). A cosine budget needs neither."""
-    if budget.max_drop is None:
-        return labels
-    if reference.ndim != 2:
-        raise TechniqueError(f"nncf_int8: max_drop needs class scores [batch, classes], the "
-                             f"model's first output has shape {list(reference.shape)}; "
-                             "use min_cosine")
-    return labels if labels is not None else reference.argmax(1)
-
-
 def _scorer(budget: Budget, reference: np.ndarray, targets: np.ndarray | None,
             ) -> Callable[[np.ndarray, np.ndarray], float]:
     """Score outputs for rows `rows` of the check data in the budget's unit: accuracy points,
     or mean cosine to the float model."""
-    if budget.max_drop is not None:
-        assert targets is not None
-        return lambda out, rows: 100.0 * float((out.argmax(1) == targets[rows]).mean())
-    return lambda out, rows: measure(out, reference[rows], None).cosine
+    return lambda out, rows: fidelity.level(budget, out, reference[rows],
+                                            None if targets is None else targets[rows])
 
 
 _WEIGHT_PATH = {"Constant", "Convert", "Multiply", "Subtract", "Reshape", "Transpose",

@@ -17,9 +17,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from slimkit.errors import TechniqueError
-from slimkit.io import atomic_write_json
 from slimkit.model import FileModel, Model
-from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 from slimkit.techniques.dynamic_int8 import quiet_root_logger
 from slimkit.techniques.quantize.budget import Budget
 from slimkit.techniques.quantize.calibrate import Method, compute_range
@@ -31,12 +30,12 @@ from slimkit.techniques.quantize.ort_kernels import (
     resolve_mode,
 )
 
-REPORT = "quantization.json"
-
 
 class StaticInt8(TechniqueConfig):
     technique: Literal["static_int8"] = "static_int8"
-    version = 2  # 2: int8_mode chosen by the CPU
+    # 2: int8_mode chosen by the CPU; 3: a max_drop budget without labels counts the drop
+    # against the float model's top-1 (it passed unchecked)
+    version = 3
     always_shown = ("calibration",)
     calibration: Method = Field("percentile", description="range method for activations")
     percentile: float = Field(99.999, gt=50, le=100)
@@ -85,7 +84,7 @@ def quantizable_nodes(path: Path, op_types: list[str] | None, const_only: bool) 
 
 
 @technique(StaticInt8, format="onnx", requires_data=True, targets={"onnx"})
-def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Model:
+def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> StepResult:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
@@ -128,8 +127,7 @@ def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Mode
     else:
         report.update(quantize_within_budget(model.path, out, quantize, nodes, config.budget,
                                              ctx.data, ctx.threads))
-    atomic_write_json(ctx.workdir / REPORT, report)
-    return FileModel("onnx", out, model.inputs, model.tokenizer)
+    return StepResult(FileModel("onnx", out, model.inputs, model.tokenizer), report=report)
 
 
 def _all_ort_ops() -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from slimkit.errors import TechniqueError
@@ -22,7 +21,10 @@ from slimkit.registry import StepContext, TechniqueConfig, technique
 
 class QAT(TechniqueConfig):
     technique: Literal["qat"] = "qat"
-    version = 3  # 2: layer outputs quantized too; 3: weight scales per layer width
+    # 2: layer outputs quantized too; 3: weight scales per layer width; 4: activation
+    # histograms streamed in one pass; 5: without labels, the float model's outputs are
+    # computed once before training (in other batches, so they may round differently)
+    version = 5
     always_shown = ("weight_bits", "epochs")
     weight_bits: int = Field(8, ge=2, le=8)
     activation_bits: Literal[8] | None = Field(8, description="None: weight-only")
@@ -47,8 +49,7 @@ def structure(model: TorchModel, config: QAT,
     fold_batchnorms(module)
     layers = wrap_layers(module, config.weight_bits, config.activation_bits, config.learn_scales,
                          bits)
-    return TorchModel(module.eval(), model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config]), layers
+    return TorchModel(module.eval(), model.inputs, model.tokenizer, ref=model.ref), layers
 
 
 def rebuild_qat(model: Model, config: QAT, ctx: StepContext) -> Model:
@@ -79,10 +80,12 @@ def qat_torch(model: Model, config: QAT, ctx: StepContext,
 
 def _calibrate(module: object, layers: list, ctx: StepContext, names: list[str],
                config: QAT) -> None:
-    """Initial scales: weights per channel by least squared error; input ranges by MSE."""
+    """Initial scales: weights per channel by least squared error; input and output ranges by
+    MSE on histograms of the float network's activations, streamed in one pass."""
     import torch
 
-    from slimkit.techniques.quantize.calibrate import Histogram, mse_range
+    from slimkit.observe import HistogramObserver, Request, collect
+    from slimkit.techniques.quantize.calibrate import mse_range
     from slimkit.techniques.quantize.primitives import affine_params, qrange
 
     assert ctx.data is not None
@@ -102,57 +105,47 @@ def _calibrate(module: object, layers: list, ctx: StepContext, names: list[str],
         q.weight_quant.init(best)
     if config.activation_bits is None:
         return
-    seen: dict[tuple[int, str], list[np.ndarray]] = {}
-
-    def keep(i: int, kind: str, t: torch.Tensor) -> None:
-        seen.setdefault((i, kind), []).append(t.detach().numpy().ravel())
-
-    hooks = []
-    for i, q in enumerate(layers):
-        hooks.append(q.register_forward_pre_hook(lambda _m, a, i=i: keep(i, "in", a[0])))
-        hooks.append(q.register_forward_hook(lambda _m, _a, out, i=i: keep(i, "out", out)))
+    by_id = {id(m): n for n, m in module.named_modules()}  # type: ignore[attr-defined]
+    tags = [by_id[id(q)] for q in layers]
+    ask = {"histogram": HistogramObserver}
     saved = [(q.input_quant, q.output_quant) for q in layers]
     for q in layers:  # observe the float network
         q.input_quant = q.output_quant = None
-    with torch.no_grad():
-        for batch in ctx.data.head(min(len(ctx.data), 512)).batches(config.batch_size):
-            module(*[torch.from_numpy(batch[n]) for n in names])  # type: ignore[operator]
-    for h in hooks:
-        h.remove()
-    for i, q in enumerate(layers):
-        q.input_quant, q.output_quant = saved[i]
-        for kind, fq in (("in", q.input_quant), ("out", q.output_quant)):
-            lo, hi = mse_range(Histogram.of(np.concatenate(seen[(i, kind)])), 8, symmetric=False)
+    try:
+        stats = collect(module, ctx.data.head(min(len(ctx.data), 512)), names,
+                        [Request(tags, ask, "input"), Request(tags, ask, "output")],
+                        batch_size=config.batch_size)
+    finally:
+        for q, (iq, oq) in zip(layers, saved, strict=True):
+            q.input_quant, q.output_quant = iq, oq
+    for tag, q in zip(tags, layers, strict=True):
+        for side, fq in (("input", q.input_quant), ("output", q.output_quant)):
+            observed = stats[tag].side(side)["histogram"]
+            assert isinstance(observed, HistogramObserver)
+            lo, hi = mse_range(observed.histogram(), 8, symmetric=False)
             scale, zero = affine_params(lo, hi, 8, symmetric=False, signed=False)
             fq.init(torch.tensor(scale).float(), torch.tensor(zero))
 
 
 def _train(module: object, teacher: object, ctx: StepContext, names: list[str],
            config: QAT) -> None:
-    import torch
-    from torch.nn import functional as F
-
+    """Through the shared recovery entry: cross entropy on class labels, or the distance to
+    the float model's outputs (computed once, before training)."""
     from slimkit.data import Dataset
-    from slimkit.train import TrainSettings, fit
+    from slimkit.train import TrainSettings
+    from slimkit.train.outputs import label_tensor
+    from slimkit.train.recover import Objective, recover
 
     assert ctx.data is not None
     data = ctx.data
-    if config.distill == "never" and data.labels is None:
+    has_labels = label_tensor(data.labels) is not None
+    if config.distill == "never" and not has_labels:
         raise TechniqueError("qat: distill is 'never' but the data has no labels")
-    use_labels = data.labels is not None and config.distill != "always"
-
-    def loss(net: torch.nn.Module, x: dict[str, torch.Tensor],
-             y: torch.Tensor | None) -> torch.Tensor:
-        out = net(**x)
-        if y is not None:
-            return F.cross_entropy(out, y)
-        with torch.no_grad():
-            target = teacher(**x)  # type: ignore[operator]
-        return F.mse_loss(out, target)
-
+    use_labels = has_labels and config.distill != "always"
     train = Dataset({n: data.inputs[n] for n in names}, data.labels if use_labels else None,
                     data.name)
     settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                              seed=config.seed, checkpoint_dir=ctx.checkpoints)
-    fit(module, loss, train, settings,  # type: ignore[arg-type]
-        title="quantization-aware training")
+    recover(module, teacher, train,  # type: ignore[arg-type]
+            Objective(loss="labels" if use_labels else "mse"), settings,
+            title="quantization-aware training", owner="qat")

@@ -17,13 +17,18 @@ import numpy as np
 from pydantic import Field
 
 from slimkit.errors import TechniqueError
-from slimkit.io import atomic_write_json
 from slimkit.model import Model, TorchModel
-from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+
+# Rows of each layer's input the strength search scores candidates on.
+SEARCH_ROWS = 2048
 
 
 class SmoothQuant(TechniqueConfig):
     technique: Literal["smooth_quant"] = "smooth_quant"
+    # 2: max|X_j| over all calibration rows (was: over the searched sample); the sample drawn
+    # while streaming
+    version = 2
     # The migration strength `a` of s_j = max|X_j|^a / max|W_j|^(1-a): 0 leaves activations
     # alone, 1 moves all their range into the weights; outside [0, 1] both sides grow.
     alpha: Annotated[float, Field(ge=0, le=1)] | Literal["search"] = "search"
@@ -94,44 +99,55 @@ def _rebuild(model: Model, config: SmoothQuant, ctx: StepContext) -> Model:
     if config.layers is None:
         raise TechniqueError("smooth_quant: the saved step lists no layers to rebuild")
     _structure(model, config.layers)
-    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
+    return model
+
+
+def _observe(model: TorchModel, config: SmoothQuant, ctx: StepContext,
+             layers: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-channel max|X| over all calibration rows, and a seeded sample of rows for the
+    strength search, of each layer's input."""
+    from slimkit.observe import MaxAbs, Request, RowSample, collect
+
+    assert ctx.data is not None
+    names = [i.name for i in model.inputs]
+    data = ctx.data.head(min(config.samples, len(ctx.data)))
+    ask = {"max_abs": MaxAbs, "rows": lambda: RowSample(SEARCH_ROWS, seed=0)}
+    stats = collect(model.module, data, names, [Request(layers, ask)])
+    amax, rows = {}, {}
+    for n in layers:
+        top, sample = stats[n].inputs["max_abs"], stats[n].inputs["rows"]
+        assert isinstance(top, MaxAbs) and isinstance(sample, RowSample)
+        if top.values is not None:
+            amax[n], rows[n] = top.values, sample.values()
+    return amax, rows
+
+
+def _outliers(amax: dict[str, np.ndarray], ratio: float) -> list[str]:
+    return [n for n, m in amax.items() if m.max() > ratio * max(float(np.median(m)), 1e-12)]
 
 
 @technique(SmoothQuant, format="torch", requires_data=True, rebuild=_rebuild)
-def smooth_quant_torch(model: Model, config: SmoothQuant, ctx: StepContext) -> Model:
+def smooth_quant_torch(model: Model, config: SmoothQuant, ctx: StepContext) -> StepResult:
     import torch
 
     assert isinstance(model, TorchModel)
     if ctx.data is None:
         raise TechniqueError("smooth_quant needs calibration data")
-    linears = {n: m for n, m in model.module.named_modules() if isinstance(m, torch.nn.Linear)}
-    seen: dict[str, list[np.ndarray]] = {n: [] for n in linears}
-    hooks = [m.register_forward_pre_hook(
-        lambda _m, a, n=n: seen[n].append(a[0].detach().reshape(-1, a[0].shape[-1]).numpy()))
-        for n, m in linears.items()]
-    names = [i.name for i in model.inputs]
-    with torch.no_grad():
-        for batch in ctx.data.head(min(config.samples, len(ctx.data))).batches(16):
-            model.module(*[torch.from_numpy(batch[n]) for n in names])
-    for h in hooks:
-        h.remove()
-    acts = {n: np.concatenate(v) for n, v in seen.items() if v}
-    chosen = config.layers
-    if chosen is None:
-        chosen = []
-        for n, x in acts.items():
-            amax = np.abs(x).max(0)
-            if amax.max() > config.outlier_ratio * max(float(np.median(amax)), 1e-12):
-                chosen.append(n)
+    linears = [n for n, m in model.module.named_modules() if isinstance(m, torch.nn.Linear)]
+    for name in config.layers or []:
+        if name not in linears:
+            raise TechniqueError(f"smooth_quant: {name!r} is not a Linear layer of the model")
+    amax, rows = _observe(model, config, ctx, config.layers or linears)
+    chosen = config.layers if config.layers is not None else _outliers(amax, config.outlier_ratio)
+    silent = [n for n in chosen if n not in amax]
+    if silent:
+        raise TechniqueError(f"smooth_quant: calibration never ran {', '.join(silent[:3])}")
     report = []
     wrapped = _structure(model, chosen)
-    rng = np.random.default_rng(0)
     for n, smooth in wrapped.items():
-        x = acts[n]
-        x = x[rng.choice(len(x), min(len(x), 2048), replace=False)]
+        x = rows[n]
         w = smooth.inner.weight.detach().numpy()
-        xmax = np.maximum(np.abs(x).max(0), 1e-5)
+        xmax = np.maximum(amax[n], 1e-5)
         wmax = np.maximum(np.abs(w).max(0), 1e-5)
         options = config.alphas if config.alpha == "search" else [float(config.alpha)]
         errors = {a: _int8_error(x, w, xmax**a / wmax ** (1 - a)) for a in options}
@@ -143,6 +159,5 @@ def smooth_quant_torch(model: Model, config: SmoothQuant, ctx: StepContext) -> M
             smooth.inv_scale.copy_(torch.from_numpy(1.0 / s))
         report.append({"layer": n, "alpha": best, "int8_error": errors[best],
                        "int8_error_unsmoothed": errors_none})
-    atomic_write_json(ctx.workdir / "smoothing.json", {"layers": report})
-    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config.model_copy(update={"layers": chosen})])
+    return StepResult(model, record=config.model_copy(update={"layers": chosen}),
+                      report={"layers": report})

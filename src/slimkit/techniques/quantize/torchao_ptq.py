@@ -11,23 +11,25 @@ and int4 tensors serve matmuls, not convolutions.
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import Field
 
 from slimkit.errors import TechniqueError
-from slimkit.io import atomic_write_json
 from slimkit.model import Model, TorchModel
-from slimkit.registry import StepContext, TechniqueConfig, technique
-from slimkit.techniques.quantize.budget import Budget, Quality, keep_sensitive_in_float, measure
-from slimkit.techniques.quantize.calibrate import Histogram, Method, compute_range
+from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+from slimkit.techniques.quantize.budget import Budget, search_report
+from slimkit.techniques.quantize.calibrate import Method, compute_range
 
 Scheme = Literal["dynamic_int8", "static_int8", "weight_int8", "weight_int4"]
 
 
 class TorchAO(TechniqueConfig):
     technique: Literal["torchao"] = "torchao"
+    # 2: static_int8 activation histograms streamed in one pass; 3: a max_drop budget without
+    # labels counts the drop against the float model's top-1 (it passed unchecked)
+    version = 3
     always_shown = ("scheme",)
     scheme: Scheme = Field("dynamic_int8", description="int8 activations (per batch or "
                            "calibrated) with int8 weights, or weight-only int8 / int4")
@@ -111,39 +113,21 @@ def _targets(module: Any, config: TorchAO) -> list[str]:
 def _calibrate(module: Any, layers: list[str], config: TorchAO, ctx: StepContext,
                names: list[str]) -> dict[str, tuple[float, int]]:
     """Symmetric per-tensor scale of each layer's input, from slimkit's range methods."""
-    import torch
-
-    from slimkit.progress import progress_bar
+    from slimkit.observe import HistogramObserver, Request, collect
 
     assert ctx.data is not None
-    named = dict(module.named_modules())
-    seen: dict[str, list[np.ndarray]] = {n: [] for n in layers}
-    ranks: dict[str, int] = {}
-
-    def keep(n: str, x: torch.Tensor) -> None:
-        seen[n].append(x.detach().float().numpy().ravel())
-        ranks[n] = x.ndim
-
-    hooks = [named[n].register_forward_pre_hook(lambda _m, a, n=n: keep(n, a[0]))
-             for n in layers]
     data = ctx.data.head(min(config.samples, len(ctx.data)))
-    try:
-        with torch.no_grad(), progress_bar("calibrating", total=len(data)) as advance:
-            for batch in data.batches(16):
-                module(*[torch.from_numpy(batch[n]) for n in names])
-                advance(len(batch[names[0]]))
-    finally:
-        for h in hooks:
-            h.remove()
-    silent = [n for n in layers if not seen[n]]
+    stats = collect(module, data, names, [Request(layers, {"histogram": HistogramObserver})])
+    seen = {n: cast(HistogramObserver, stats[n].inputs["histogram"]) for n in layers}
+    silent = [n for n in layers if not seen[n].count]
     if silent:
         raise TechniqueError(f"torchao: calibration never ran Linear layer(s) "
                              f"{', '.join(silent[:3])}; put them in exclude")
     scales = {}
     for n in layers:
-        lo, hi = compute_range(Histogram.of(np.concatenate(seen[n])), config.calibration,
+        lo, hi = compute_range(seen[n].histogram(), config.calibration,
                                percentile=config.percentile)
-        scales[n] = (max(abs(lo), abs(hi), 1e-8) / 127.0, ranks[n])
+        scales[n] = (max(abs(lo), abs(hi), 1e-8) / 127.0, seen[n].ndim)
     return scales
 
 
@@ -164,15 +148,12 @@ def _search(model: TorchModel, config: TorchAO, layers: list[str], ctx: StepCont
     check = ctx.data.head(min(len(ctx.data), 128))
     reference = _outputs(model.module, check, names)
 
-    def evaluate(only: list[str] | None, exclude: list[str]) -> Quality:
+    def outputs(only: list[str] | None, exclude: list[str]) -> np.ndarray:
         trial = copy.deepcopy(model.module)
         _quantize(trial, config, [n for n in (only or layers) if n not in exclude])
-        return measure(_outputs(trial, check, names), reference, check.labels)
+        return _outputs(trial, check, names)
 
-    result = keep_sensitive_in_float(layers, config.budget, evaluate)
-    return {"kept_float": result.kept_float, "budget": config.budget.model_dump(),
-            "cosine": result.quality.cosine, "accuracy_drop": result.quality.accuracy_drop,
-            "trials": result.tried, "layers": result.layers, "checked_on": len(check)}
+    return search_report(layers, config.budget, reference, check.labels, outputs)
 
 
 def _rebuild(model: Model, config: TorchAO, ctx: StepContext) -> Model:
@@ -180,12 +161,11 @@ def _rebuild(model: Model, config: TorchAO, ctx: StepContext) -> Model:
     if config.scheme == "static_int8" and config.scales is None:
         raise TechniqueError("torchao: the saved step records no activation scales")
     _quantize(model.module, config, _targets(model.module, config))
-    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
+    return model
 
 
 @technique(TorchAO, format="torch", rebuild=_rebuild, targets={"torch"})
-def torchao_torch(model: Model, config: TorchAO, ctx: StepContext) -> Model:
+def torchao_torch(model: Model, config: TorchAO, ctx: StepContext) -> StepResult:
     assert isinstance(model, TorchModel)
     names = [i.name for i in model.inputs]
     layers = _targets(model.module, config)
@@ -205,6 +185,4 @@ def torchao_torch(model: Model, config: TorchAO, ctx: StepContext) -> Model:
         layers = [n for n in layers if n not in report["kept_float"]]
         report["layers_quantized"] = len(layers)
     _quantize(model.module, config, layers)
-    atomic_write_json(ctx.workdir / "quantization.json", report)
-    return TorchModel(model.module, model.inputs, model.tokenizer, ref=model.ref,
-                      steps=[*model.steps, config])
+    return StepResult(model, record=config, report=report)
