@@ -28,7 +28,7 @@ def test_import_slimkit_loads_no_backend() -> None:
 def test_registry_loads_no_runtime() -> None:
     loaded = loaded_after("import slimkit.registry\n"
                           "assert 'cast' in slimkit.registry.technique_names()")
-    assert not {"onnxruntime", "openvino", "transformers"} & set(loaded)
+    assert loaded == []  # torch included: every technique module imports it in its functions
 
 
 @pytest.mark.parametrize("code", [

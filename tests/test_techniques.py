@@ -12,8 +12,8 @@ from slimkit.model import FileModel, ModelRef, TorchModel, load_model
 from slimkit.pipeline import Built, Cache, build, model_key
 from slimkit.registry import StepContext, TechniqueConfig, implementations
 from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
-from slimkit.techniques import Cast, DynamicInt8
-from slimkit.techniques.dynamic_int8 import dynamic_int8_torch
+from slimkit.techniques.cast import Cast
+from slimkit.techniques.dynamic_int8 import DynamicInt8, dynamic_int8_torch
 from tests.models import batch, cosine_min, eager, perturb, sqnr, trusted
 
 # Width 256: the weights (72k parameters) dominate every file format's overhead.

@@ -237,10 +237,10 @@ def apply_step(impl: Implementation, model: Model, config: TechniqueConfig, ctx:
     fn = (impl.rebuild or impl.apply) if rebuild else impl.apply
     out = fn(model, config, ctx)
     result = out if isinstance(out, StepResult) else StepResult(out)
-    made = result.model
-    if made.format != impl.gives:
+    made, gives = result.model, impl.gives or impl.format
+    if made.format != gives:
         raise TechniqueError(f"{config.technique} on a {impl.format} model gave a {made.format} "
-                             f"model; it declares {impl.gives}")
+                             f"model; it declares {gives}")
     if isinstance(made, TorchModel):
         record = result.record or config
         made.steps = [*model.steps, record]

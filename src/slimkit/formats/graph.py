@@ -54,30 +54,28 @@ def _known(name: str) -> None:
         raise TechniqueError(f"unknown format {name!r} (known: {', '.join(nodes)})")
 
 
-def _distances_to(end: str) -> dict[str, int]:
-    """Hops from each format to `end`, for those that reach it."""
-    dist = {end: 0}
-    todo = deque([end])
+def _hops(origin: str, *, towards: bool) -> dict[str, int]:
+    """Conversions from each format to `origin` (`towards`), or from `origin` to each format,
+    for the formats connected to it that way; breadth first, so the fewest."""
+    dist = {origin: 0}
+    todo = deque([origin])
     while todo:
         node = todo.popleft()
         for a, b in _EDGES:
-            if b == node and a not in dist:
-                dist[a] = dist[node] + 1
-                todo.append(a)
+            near, far = (b, a) if towards else (a, b)
+            if near == node and far not in dist:
+                dist[far] = dist[node] + 1
+                todo.append(far)
     return dist
+
+
+def _distances_to(end: str) -> dict[str, int]:
+    return _hops(end, towards=True)
 
 
 def reachable(start: str) -> list[str]:
     """The formats a `start` model can be converted into, nearest first."""
-    seen = {start: 0}
-    todo = deque([start])
-    while todo:
-        node = todo.popleft()
-        for a, b in _EDGES:
-            if a == node and b not in seen:
-                seen[b] = seen[node] + 1
-                todo.append(b)
-    return [f for f in seen if f != start]
+    return [f for f in _hops(start, towards=False) if f != start]
 
 
 def path_between(start: str, end: str) -> list[str]:

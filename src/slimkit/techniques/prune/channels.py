@@ -10,19 +10,20 @@ or QAT); here BatchNorm statistics are only re-estimated on the calibration data
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import Field, model_validator
-from torch import nn
 
-from slimkit.data import Dataset
 from slimkit.errors import TechniqueError
 from slimkit.model import Model, TorchModel
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
-from slimkit.techniques.prune import graph
-from slimkit.techniques.prune.importance import Method, scores
-from slimkit.techniques.prune.sensitivity import FlopsModel, allocate, quality_loss, scan
+from slimkit.techniques.prune import Method
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from slimkit.data import Dataset
+    from slimkit.techniques.prune.graph import Group
 
 
 class PruneChannels(TechniqueConfig):
@@ -78,6 +79,9 @@ def rounded(share: float, channels: int, step: int) -> int:
 def recalibrate(module: nn.Module, data: Dataset, names: list[str]) -> None:
     """Re-estimate BatchNorm statistics: a layer whose inputs lost channels sees other
     activations than its statistics were measured on."""
+    import torch
+    from torch import nn
+
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -93,6 +97,8 @@ def recalibrate(module: nn.Module, data: Dataset, names: list[str]) -> None:
 
 
 def _rebuild(model: Model, config: PruneChannels, ctx: StepContext) -> Model:
+    from slimkit.techniques.prune import graph
+
     assert isinstance(model, TorchModel)
     if config.kept is None:
         raise TechniqueError("prune_channels: the saved step has no kept counts to rebuild from")
@@ -100,7 +106,7 @@ def _rebuild(model: Model, config: PruneChannels, ctx: StepContext) -> Model:
     return model
 
 
-def _by_root(kept: dict[str, int], groups: list[graph.Group]) -> dict[str, int]:
+def _by_root(kept: dict[str, int], groups: list[Group]) -> dict[str, int]:
     """Kept counts given for any conv or Linear of a group, keyed by the group's root."""
     owner = {name: g for g in groups for name in g.outputs}
     found = {}
@@ -118,6 +124,9 @@ def _by_root(kept: dict[str, int], groups: list[graph.Group]) -> dict[str, int]:
 @technique(PruneChannels, format="torch", requires_data=True, rebuild=_rebuild)
 def prune_channels_torch(model: Model, config: PruneChannels, ctx: StepContext) -> StepResult:
     from slimkit.progress import progress_bar
+    from slimkit.techniques.prune import graph
+    from slimkit.techniques.prune.importance import scores
+    from slimkit.techniques.prune.sensitivity import FlopsModel, allocate, quality_loss, scan
 
     assert isinstance(model, TorchModel)
     if ctx.data is None:

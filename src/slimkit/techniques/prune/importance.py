@@ -9,16 +9,15 @@ data: the task loss when labels exist, else the output's magnitude.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from slimkit.data import Dataset
+from slimkit.techniques.prune import Method
 from slimkit.techniques.prune.graph import Group
 from slimkit.train.outputs import first_tensor, label_tensor, uses_labels
-
-Method = Literal["l1", "l2", "bn_scale", "taylor"]
 
 
 def _gradient_batches(module: nn.Module, data: Dataset, names: list[str],
