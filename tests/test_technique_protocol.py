@@ -74,7 +74,7 @@ def test_fold_batchnorm_is_exact_and_rebuilds(tmp_path: Path) -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in built.model.module.modules())
     assert built.model.steps == [FoldBatchNorm()]
     report = json.loads((built.path / REPORT_JSON).read_text())
-    assert report == {"technique": "fold_batchnorm", "folded": 2, "left": 0}
+    assert report == {"technique": "fold_batchnorm", "family": "", "folded": 2, "left": 0}
     again = load_artifact(built.path, trust_code=True)
     np.testing.assert_allclose(eager(again, x), before, atol=1e-5)
 
@@ -112,7 +112,7 @@ class _Convert(TechniqueConfig):
     technique: Literal["test_convert"] = "test_convert"
 
 
-def test_a_technique_gives_the_format_it_declares(tmp_path: Path,
+def test_a_technique_gives_the_format_it_runs_on(tmp_path: Path,
                                                    restore_registry: None) -> None:
     @technique(_Convert, format="torch")
     def _apply(model: Model, config: _Convert, ctx: StepContext) -> Model:
@@ -122,7 +122,7 @@ def test_a_technique_gives_the_format_it_declares(tmp_path: Path,
         return to_onnx(model, ctx.workdir / "model.onnx")
 
     model = cnn()
-    with pytest.raises(TechniqueError, match="gave a onnx model; it declares torch"):
+    with pytest.raises(TechniqueError, match="on a torch model gave a onnx model"):
         build(model, model_key(model), [_Convert()], "torch", Cache(tmp_path))
 
 
@@ -179,7 +179,7 @@ def test_a_technique_named_by_its_import_path(plugin: Path, tmp_path: Path) -> N
     record = json.loads((built.path / ARTIFACT_JSON).read_text())
     assert record["steps"] == [{"technique": "user_techniques:Scale", "factor": 3.0}]
     assert technique_reports(cache, built) == {
-        "0:user_scale": {"technique": "user_scale", "scaled": "net.4"}}
+        "0:user_scale": {"technique": "user_scale", "family": "", "scaled": "net.4"}}
     with pytest.raises(ModelLoadError, match=r"user_techniques:Scale.*--trust-code"):
         load_artifact(built.path)
     x = batch(model.inputs, 4)["x"]
@@ -208,9 +208,40 @@ def test_a_step_result_report_is_typed() -> None:
     from slimkit.registry import Implementation, StepReport, apply_step
 
     model = cnn()
-    impl = Implementation(lambda m, c, ctx: StepResult(m, report={"n": 1}), "torch", False,
-                          gives="torch")
+    impl = Implementation(lambda m, c, ctx: StepResult(m, report={"n": 1}), "torch", False)
     result = apply_step(impl, model, FoldBatchNorm(), StepContext(Path(".")))
     assert isinstance(result.report, StepReport)
-    assert result.report.model_dump() == {"technique": "fold_batchnorm", "n": 1}
+    assert result.report.model_dump() == {"technique": "fold_batchnorm", "family": "", "n": 1}
     assert result.model.steps == [FoldBatchNorm()]
+
+
+@pytest.mark.parametrize("step", ["user_techniques:Scale", {"user_techniques:Scale": {}},
+                                  {"user_scale": {"factor": 2.0}}, "user_scale"])
+def test_an_artifact_naming_outside_code_imports_nothing_untrusted(
+        plugin: Path, tmp_path: Path, step: object) -> None:
+    model = load_model(ModelRef(source="slimkit.examples.digits:load_model"))
+    built = build(model, model_key(model), [], "torch", Cache(tmp_path / "cache"))
+    folder = tmp_path / "sent"
+    folder.mkdir()
+    record = json.loads((built.path / ARTIFACT_JSON).read_text())
+    (folder / ARTIFACT_JSON).write_text(json.dumps({**record, "steps": [step]}))
+    (folder / "model.safetensors").write_bytes((built.path / "model.safetensors").read_bytes())
+    with pytest.raises(ModelLoadError, match="--trust-code"):
+        load_artifact(folder)
+    assert "user_techniques" not in sys.modules
+
+
+def test_a_plugin_cannot_take_a_builtin_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             restore_registry: None) -> None:
+    (tmp_path / "squatter.py").write_text(PLUGIN.replace('"user_scale"', '"dynamic_int8"'))
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom\\nsecond line')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"squatter:Scale: .*technique 'dynamic_int8' is "
+                                         r"already slimkit\.techniques") as info:
+        parse_step({"technique": "squatter:Scale"})
+    with pytest.raises(ValueError, match="broken:X: importing it failed") as broken:
+        parse_step({"technique": "broken:X"})
+    for e in (info, broken):
+        assert "\n" not in str(e.value)
+    sys.modules.pop("squatter", None)
+    sys.modules.pop("broken", None)

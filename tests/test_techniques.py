@@ -14,7 +14,7 @@ from slimkit.registry import StepContext, TechniqueConfig, implementations
 from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
 from slimkit.techniques.cast import Cast
 from slimkit.techniques.dynamic_int8 import DynamicInt8, dynamic_int8_torch
-from tests.models import batch, cosine_min, eager, perturb, sqnr, trusted
+from tests.models import applied, batch, cosine_min, eager, perturb, sqnr, trusted
 
 # Width 256: the weights (72k parameters) dominate every file format's overhead.
 WIDE = ModelRef(source="tests.models:tiny_mlp", kwargs={"width": 256})
@@ -139,9 +139,9 @@ def test_cast_after_torch_int8_is_refused_or_runs(tmp_path: Path) -> None:
 ], ids=["fp32", "int8-per-channel", "int8-per-tensor", "bf16"])
 def test_torch_artifact_round_trip(steps: list[TechniqueConfig], tmp_path: Path) -> None:
     model = fresh_mlp()
-    for config in steps:
-        apply = implementations(config)["torch"].apply
-        model = apply(model, config, StepContext(tmp_path))  # type: ignore[assignment]
+    for config in steps:  # as the pipeline runs each: its record appended to the lineage
+        model = applied(implementations(config)["torch"].apply, model, config,
+                        StepContext(tmp_path))
     x = batch(model.inputs, 6)["x"]
     before = eager(model, x)
     save_artifact(model, tmp_path / "artifact")

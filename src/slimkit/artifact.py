@@ -128,11 +128,13 @@ def named_factories(path: Path, record: Record) -> list[str]:
     """Every `package.module:function` that rebuilding `record` may call, first seen first:
     the model's source, any model a step names (a distillation teacher), and techniques from
     outside slimkit (importing one runs its module)."""
+    from slimkit.registry import names_outside_code, step_name
+
     refs = [record.ref] if record.ref is not None else []
     code: list[str] = []
     for k, raw in enumerate(record.steps):
-        named = raw.get("technique") if isinstance(raw, dict) else None
-        if isinstance(named, str) and ":" in named:  # a technique from outside slimkit
+        named = step_name(raw)
+        if named is not None and names_outside_code(named):
             code.append(named)
             continue
         config = _parse(path, k, raw)

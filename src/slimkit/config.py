@@ -163,13 +163,13 @@ def _placement(ref: ModelRef, cand: CandidateConfig) -> str | None:
         return None  # reported in its own words when the model is loaded
     start: Format = "torch" if source == "hf" else source
     target = runtime_format(cand.runtime)
-    from slimkit.formats import path_between  # no torch; the planner is needed only with steps
+    from slimkit.formats import reachable  # no torch; the planner is needed only with steps
 
     model = f"{'an' if start[0] in 'aeiou' else 'a'} {start} model"
-    try:
-        path_between(start, target)
-    except TechniqueError as e:
-        return f".runtime: {model} cannot be served on {cand.runtime} ({e})"
+    if target != start and target not in reachable(start):
+        ahead = ", ".join(reachable(start)) or "none"
+        return (f".runtime: {model} cannot be served on {cand.runtime} (no conversion leads "
+                f"from {start} to {target}; {start} converts to: {ahead})")
     for j in range(len(cand.steps)):
         if _plans(start, cand.steps[: j + 1], target):
             continue

@@ -2,9 +2,9 @@
 
 A technique is one file: a typed config class plus one `apply` per model format it works on,
 each registered with `@technique(...)`. The registry imports exactly the modules under
-`slimkit/techniques` that use that decorator (helpers with heavy imports stay unloaded), finds
+`slimkit/techniques` that use that decorator (helpers with heavy imports stay unloaded) and finds
 third-party techniques by an entry point in the group `slimkit.techniques` or by
-`package.module:Config` written in a recipe, and nothing else in slimkit names a technique.
+`package.module:Config` written in a recipe, so adding one needs no line anywhere else.
 
 An `apply` returns the new model, or a `StepResult` with what should be recorded (the config
 plus what a rebuild needs: kept channels, chosen layers) and the step's report. The pipeline, not
@@ -33,6 +33,7 @@ from pydantic import (
 from slimkit.errors import ConfigError, ModelLoadError, TechniqueError
 from slimkit.messages import clip, field_path, one_line, quote
 from slimkit.model import Format, Model, TorchModel, import_object
+from slimkit.results import StepReport
 
 if TYPE_CHECKING:
     from slimkit.data import Dataset
@@ -54,6 +55,9 @@ class TechniqueConfig(BaseModel):
     version: ClassVar[int] = 1
     # Options that reports always show, defaults or not (what kind of cast, how many bits).
     always_shown: ClassVar[tuple[str, ...]] = ()
+    # What kind of report the technique gives (quantization, pruning, distillation, fusion):
+    # renderers choose what to say about a step by it, never by the technique's name.
+    family: ClassVar[str] = ""
 
     def shown_options(self) -> dict[str, Any]:
         """The options a reader needs: those set away from their defaults, plus the defining
@@ -97,17 +101,6 @@ class StepContext:
     checkpoints: Path | None = None
 
 
-class StepReport(BaseModel):
-    """A step's account for the reader: what was quantized, kept, reverted, and why.
-
-    A technique may subclass it with typed fields; extra fields are kept, so the report of a
-    technique that returns a plain mapping is one too."""
-
-    model_config = ConfigDict(extra="allow")
-
-    technique: str = ""
-
-
 @dataclass
 class StepResult:
     """What an `apply` gives back when it has more to say than the model itself."""
@@ -132,8 +125,6 @@ class Implementation:
     # Rebuild the structure from the record alone (no data), before weights are loaded.
     # None means `apply` itself is deterministic and data-free, so it serves as the rebuild.
     rebuild: Apply | None = None
-    # The format of the model it gives; a technique that also converts says so here.
-    gives: Format | None = None
 
 
 _CONFIGS: dict[str, type[TechniqueConfig]] = {}
@@ -142,19 +133,21 @@ _IMPLS: dict[type[TechniqueConfig], dict[str, Implementation]] = {}
 
 def technique(config: type[TechniqueConfig], *, format: Format, requires_data: bool = False,
               rebuild: Apply | None = None,
-              targets: set[str] | None = None,
-              gives: Format | None = None) -> Callable[[Apply], Apply]:
+              targets: set[str] | None = None) -> Callable[[Apply], Apply]:
     """Register `apply` for `config` on models of `format`."""
     tag = config.model_fields["technique"].default
     if not isinstance(tag, str):
         raise TypeError(f"{config.__name__}.technique needs a string default")
+    held = _CONFIGS.get(tag)
+    if held is not None and spec_of(held) != spec_of(config):
+        # A plugin must not silently take over a built-in's name (or another plugin's).
+        raise TypeError(f"technique {tag!r} is already {spec_of(held)}")
     config.name = tag
     _CONFIGS[tag] = config
 
     def deco(fn: Apply) -> Apply:
         _IMPLS.setdefault(config, {})[format] = Implementation(
-            fn, format, requires_data, frozenset(targets) if targets else None, rebuild,
-            gives or format)
+            fn, format, requires_data, frozenset(targets) if targets else None, rebuild)
         return fn
 
     return deco
@@ -190,12 +183,37 @@ def _load_named(spec: str) -> type[TechniqueConfig]:
         cls = import_object(spec, "technique")
     except ModelLoadError as e:
         raise ConfigError(one_line(str(e))) from None
+    except Exception as e:  # the module itself failed: its error, on one line
+        raise ConfigError(one_line(f"{spec}: importing it failed ({type(e).__name__}: {e})"))\
+            from None
     if not (isinstance(cls, type) and issubclass(cls, TechniqueConfig)):
         raise ConfigError(f"{clip(spec)}: not a TechniqueConfig subclass")
     if not any(c in _IMPLS for c in cls.__mro__):
         raise ConfigError(f"{clip(spec)}: no implementation registered (decorate an apply "
                           f"function with @slimkit.registry.technique({cls.__name__}, ...))")
     return cls
+
+
+def names_outside_code(name: str) -> bool:
+    """Whether resolving a step's technique name would run code from outside slimkit (an
+    import path, an installed plugin), found without importing it: an artifact from elsewhere
+    may name any module."""
+    _ensure_loaded()
+    if name in _CONFIGS:
+        return not _builtin(_CONFIGS[name])
+    return ":" in name or name in _plugins()
+
+
+def step_name(raw: Any) -> str | None:
+    """The technique a step names, in any spelling `parse_step` takes, without parsing it."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, dict):
+        named = raw.get("technique")
+        if named is None and len(raw) == 1:
+            named = next(iter(raw))
+        return named if isinstance(named, str) else None
+    return None
 
 
 def _plugins() -> dict[str, Any]:
@@ -237,18 +255,20 @@ def apply_step(impl: Implementation, model: Model, config: TechniqueConfig, ctx:
     fn = (impl.rebuild or impl.apply) if rebuild else impl.apply
     out = fn(model, config, ctx)
     result = out if isinstance(out, StepResult) else StepResult(out)
-    made, gives = result.model, impl.gives or impl.format
-    if made.format != gives:
+    made = result.model
+    if made.format != impl.format:  # a conversion is the format graph's job, not a step's
         raise TechniqueError(f"{config.technique} on a {impl.format} model gave a {made.format} "
-                             f"model; it declares {gives}")
+                             f"model")
     if isinstance(made, TorchModel):
         record = result.record or config
         made.steps = [*model.steps, record]
         result.record = record
-    if result.report is not None and not isinstance(result.report, StepReport):
-        result.report = StepReport.model_validate(dict(result.report))
-    if result.report is not None:
-        result.report.technique = config.technique
+    report = result.report
+    if report is not None:  # typed, and named by the step whatever the technique said
+        fields = report.model_dump() if isinstance(report, StepReport) else dict(report)
+        cls = type(report) if isinstance(report, StepReport) else StepReport
+        result.report = cls.model_validate({**fields, "technique": config.technique,
+                                            "family": config.family})
     return result
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slimkit.errors import ConfigError
 from slimkit.io import atomic_write_json
+from slimkit.messages import clip, field_path, one_line
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
@@ -124,9 +125,14 @@ class LineageStep(Open):
 
 
 class StepReport(Open):
-    """What one step's technique reported about itself; each technique has its own fields."""
+    """What one step's technique reported about itself; each technique has its own fields.
+
+    `family` (quantization, pruning, distillation, fusion, ...) is the technique's own
+    declaration of what kind of account this is, so a renderer picks its facts by it and a new
+    technique of a known family shows up without a change there."""
 
     technique: str
+    family: str = ""
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -188,6 +194,15 @@ def step_report(label: str, report: Mapping[str, Any]) -> StepReport:
     return StepReport.model_validate({"technique": label.rpartition(":")[2], **report})
 
 
+# Version 1 reports said neither their technique nor its family; these were its techniques.
+_V1_FAMILIES = {
+    **dict.fromkeys(["static_int8", "dynamic_int8", "nncf_int8", "weight_compress", "torchao",
+                     "weight_only_int4", "mixed_precision", "qat"], "quantization"),
+    **dict.fromkeys(["prune_channels", "prune_transformer", "prune_magnitude",
+                     "prune_semi_structured"], "pruning"),
+    "distill": "distillation", "fuse_transformer": "fusion", "smooth_quant": "smoothing"}
+
+
 def _details_v1(details: Any, steps: list[Any]) -> dict[str, Any] | None:
     """Version 1 keyed reports by bare technique name and left `technique` out of them."""
     if not isinstance(details, Mapping) or not details:
@@ -198,7 +213,7 @@ def _details_v1(details: Any, steps: list[Any]) -> dict[str, Any] | None:
         if not isinstance(report, Mapping):
             continue
         label = step_label(names.index(name), name) if name in names else name
-        out[label] = {"technique": name, **report}
+        out[label] = {"technique": name, "family": _V1_FAMILIES.get(name, ""), **report}
     return out or None
 
 
@@ -221,7 +236,7 @@ def upgrade_v1(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def _one_line(e: ValidationError) -> str:
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
+    loc = ".".join(clip(p, 40) for p in field_path(err["loc"]))
     return f"{loc}: {err['msg']}" if loc else err["msg"]
 
 
@@ -238,7 +253,7 @@ def parse_results(doc: Any, where: str = "results") -> RunResults:
     try:
         return RunResults.model_validate(doc)
     except ValidationError as e:
-        raise ConfigError(f"{where}: {_one_line(e)}"[:300]) from None
+        raise ConfigError(one_line(f"{where}: {_one_line(e)}", 300)) from None
 
 
 def as_results(doc: RunResults | Mapping[str, Any]) -> RunResults:

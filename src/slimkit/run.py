@@ -46,6 +46,7 @@ from slimkit.results import (
     RunResults,
     RuntimeInfo,
     save_results,
+    step_label,
     step_report,
 )
 from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
@@ -279,7 +280,7 @@ def technique_reports(cache: Cache, built: Built) -> dict[str, Any]:
     for k, step in enumerate(built.steps):
         path = cache.path(step.key) / REPORT_JSON
         if path.is_file():
-            found[f"{k}:{step.step}"] = json.loads(path.read_text())
+            found[step_label(k, step.step)] = json.loads(path.read_text())
     return found
 
 

@@ -19,11 +19,11 @@ import torch
 
 from slimkit.artifact import load_artifact
 from slimkit.data import Dataset
+from slimkit.evaluate.fidelity import score as measure
 from slimkit.model import TorchModel
 from slimkit.pipeline import Built, Cache, build, model_key
 from slimkit.registry import parse_step
 from slimkit.runtimes import RuntimeOptions, get_runtime
-from slimkit.techniques.quantize.budget import measure
 
 
 @pytest.fixture(scope="module")

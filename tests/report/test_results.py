@@ -101,7 +101,7 @@ def v1_doc() -> dict[str, Any]:
 
 
 def typed_results() -> RunResults:
-    report = StepReport(technique="static_int8", kept_float=["fc2"],
+    report = StepReport(technique="static_int8", family="quantization", kept_float=["fc2"],
                         layers=[{"layer": "fc1", "sensitivity": 0.01}])
     cand = Candidate(
         name="int8", runtime="onnxruntime",
@@ -135,7 +135,7 @@ def test_round_trip(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["schema_version"] == SCHEMA_VERSION
     assert doc["candidates"][0]["details"]["0:static_int8"] == {
-        "technique": "static_int8", "kept_float": ["fc2"],
+        "technique": "static_int8", "family": "quantization", "kept_float": ["fc2"],
         "layers": [{"layer": "fc1", "sensitivity": 0.01}]}
     assert doc["candidates"][0]["bench"]["worker"] == "spawn"  # a field this version lacks
 
@@ -148,6 +148,7 @@ def test_version_1_loads_upgraded_and_keeps_its_field_names(tmp_path: Path,
     quantized, pruned = results.candidates[1:3]
     assert list(quantized.details or {}) == ["1:static_int8"]
     assert quantized.details["1:static_int8"].technique == "static_int8"
+    assert quantized.details["1:static_int8"].family == "quantization"
     assert list(pruned.details or {}) == ["0:prune_channels", "1:distill"]
     assert results.candidates[3].details is None and results.candidates[3].failed
     doc = results.to_document()
@@ -189,15 +190,17 @@ def test_sizes_read_the_same_in_every_view(v1_doc: dict[str, Any]) -> None:
         assert cell in term_row and cell in md_row
 
 
-def test_reports_dispatch_on_the_technique() -> None:
+def test_reports_dispatch_on_the_family() -> None:
     results = typed_results()
     looks_like_pruning = {"flops_before": 10, "flops_after": 5, "flops_ratio": 0.5,
                           "kept_float": ["x"]}
     assert results.candidates[0].details is not None
     results.candidates[0].details.update({
         "1:my_technique": StepReport(technique="my_technique", **looks_like_pruning),
-        "2:prune_magnitude": StepReport(technique="prune_magnitude", sparsity=0.5),
-        "3:prune_magnitude": StepReport(technique="prune_magnitude", sparsity=0.75)})
+        "2:prune_magnitude": StepReport(technique="prune_magnitude", family="pruning",
+                                        sparsity=0.5),
+        "3:prune_magnitude": StepReport(technique="prune_magnitude", family="pruning",
+                                        sparsity=0.75)})
     sections = {s.title: s for s in detail_sections(results)}
     mine = sections["int8: 1:my_technique"]
     assert "flops ratio: 0.5" in mine.facts

@@ -91,8 +91,8 @@ def path_between(start: str, end: str) -> list[str]:
     if start not in dist:
         ahead = ", ".join(reachable(start)) or "none"
         if start in reachable(end):
-            raise TechniqueError(f"a {start} model cannot be turned back into {end} (reachable "
-                                 f"from {start}: {ahead})")
+            raise TechniqueError(f"{_a(start)} {start} model cannot be turned back into {end} "
+                                 f"(reachable from {start}: {ahead})")
         raise TechniqueError(f"no conversion leads from {start} to {end} (reachable from "
                              f"{start}: {ahead})")
     path = [start]
@@ -108,3 +108,7 @@ def convert(model: Model, target: str, workdir: Path, example: Dataset | None = 
     if fn is None:
         raise TechniqueError(f"cannot convert a {model.format} model to {target}")
     return fn(model, workdir, example)
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

@@ -19,11 +19,6 @@ from slimkit.results import RunResults, StepReport
 # Row keys that are recorded for rebuilding or plotting, not for reading.
 _HIDDEN_COLUMNS = {"heads_kept", "pruned"}
 
-QUANTIZERS = frozenset({"static_int8", "dynamic_int8", "nncf_int8", "weight_compress", "torchao",
-                        "weight_only_int4", "mixed_precision", "qat"})
-PRUNERS = frozenset({"prune_channels", "prune_transformer", "prune_magnitude",
-                     "prune_semi_structured"})
-
 Fields = dict[str, Any]
 
 
@@ -119,20 +114,17 @@ def _plain_facts(report: Fields) -> list[str]:
             if isinstance(value, str | int | float | bool)]
 
 
-def _facts_of(technique: str) -> Callable[[Fields], list[str]]:
-    if technique in QUANTIZERS:
-        return _quantization_facts
-    if technique in PRUNERS:
-        return _pruning_facts
-    return {"distill": _training_facts, "fuse_transformer": _fusion_facts,
-            "smooth_quant": lambda _: []}.get(technique, _plain_facts)
+def _facts_of(family: str) -> Callable[[Fields], list[str]]:
+    return {"quantization": _quantization_facts, "pruning": _pruning_facts,
+            "distillation": _training_facts, "fusion": _fusion_facts,
+            "smoothing": lambda _: []}.get(family, _plain_facts)
 
 
-def _training_of(technique: str, report: Fields) -> Fields:
+def _training_of(family: str, report: Fields) -> Fields:
     """The part of a report that holds a training history, if the technique trains."""
-    if technique in PRUNERS:
+    if family == "pruning":
         return _fine_tuning(report)
-    return report if technique == "distill" else {}
+    return report if family == "distillation" else {}
 
 
 def _table(rows: list[Fields]) -> tuple[list[str], list[list[str]], list[bool]]:
@@ -148,10 +140,10 @@ def _table(rows: list[Fields]) -> tuple[list[str], list[list[str]], list[bool]]:
 
 def step_section(title: str, report: StepReport) -> DetailSection:
     fields = report.fields
-    facts = _facts_of(report.technique)(fields)
+    facts = _facts_of(report.family)(fields)
     layers = [r for r in fields.get("layers") or [] if isinstance(r, dict)]
     headers, rows, numeric = _table(layers) if layers else ([], [], [])
-    history = _training_of(report.technique, fields).get("history") or []
+    history = _training_of(report.family, fields).get("history") or []
     curve = [float(h["loss"]) for h in history
              if isinstance(h, dict) and isinstance(h.get("loss"), int | float)]
     return DetailSection(title, facts, headers, rows, numeric, curve)
@@ -177,9 +169,9 @@ def detail_sections(results: RunResults) -> list[DetailSection]:
 def headline(report: StepReport) -> str | None:
     """The one fact about a step worth a line in the terminal after a one-technique command."""
     fields = report.fields
-    if report.technique in QUANTIZERS and fields.get("kept_float") is not None:
+    if report.family == "quantization" and fields.get("kept_float") is not None:
         return f"{len(fields['kept_float'])} layer(s) kept in float"
-    if report.technique in PRUNERS and fields.get("flops_ratio") is not None:
+    if report.family == "pruning" and fields.get("flops_ratio") is not None:
         return f"{fields['flops_ratio']:.2f}× the FLOPs"
     return None
 

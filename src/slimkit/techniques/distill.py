@@ -29,6 +29,7 @@ LossKind = Literal["auto", "response", "embedding", "mse", "relational", "featur
 
 class Distill(TechniqueConfig):
     technique: Literal["distill"] = "distill"
+    family = "distillation"
     always_shown = ("loss", "epochs")
     version = 5  # 2: teacher outputs computed once; 3: agreement on held-out rows;
     # 4: token batches grouped by length and cut to their longest text; 5: hidden states too

@@ -34,6 +34,7 @@ DEFAULT_OP_TYPES = ["MatMul", "Gemm", "Attention", "LSTM", "Gather"]
 
 class DynamicInt8(TechniqueConfig):
     technique: Literal["dynamic_int8"] = "dynamic_int8"
+    family = "quantization"
     # 2: Gather in the default operator types; 3: int8_mode chosen by the CPU; 4: a max_drop
     # budget without labels counts the drop against the float model's top-1 (it passed
     # unchecked)

@@ -18,6 +18,7 @@ from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 
 class FuseTransformer(TechniqueConfig):
     technique: Literal["fuse_transformer"] = "fuse_transformer"
+    family = "fusion"
     model_type: Literal["bert", "gpt2", "t5", "vit", "clip"] = "bert"
     num_heads: int = Field(0, ge=0, description="0 detects it from the graph")
     hidden_size: int = Field(0, ge=0, description="0 detects it from the graph")

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from slimkit.data import Dataset, cut_tokens, token_lengths
+from slimkit.dataset import Dataset, cut_tokens, token_lengths
 from slimkit.errors import ConfigError
 from slimkit.train.settings import TrainSettings
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.data import Dataset
+from slimkit.dataset import Dataset
 from slimkit.errors import ConfigError, TechniqueError
 from slimkit.train import batches, checkpoint, distributed
 from slimkit.train.outputs import label_tensor

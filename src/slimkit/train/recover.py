@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from slimkit.data import Dataset
+from slimkit.dataset import Dataset
 from slimkit.errors import TechniqueError
 from slimkit.train import losses
 from slimkit.train.loop import fit

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import psutil
 
-from slimkit.data import Dataset, cut_tokens, token_lengths
+from slimkit.dataset import Dataset, cut_tokens, token_lengths
 
 if TYPE_CHECKING:
     import torch

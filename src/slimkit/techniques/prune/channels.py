@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 class PruneChannels(TechniqueConfig):
     technique: Literal["prune_channels"] = "prune_channels"
+    family = "pruning"
     always_shown = ("importance", "flops_ratio", "ratio")
     # l1 by default: on a trained CNN whose calibration data it already fits, gradients are
     # small and noisy, and taylor ranked no better than weight magnitude.

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 class PruneMagnitude(PruneTraining):
     technique: Literal["prune_magnitude"] = "prune_magnitude"
+    family = "pruning"
     always_shown = ("sparsity",)
     sparsity: float | None = Field(0.5, ge=0, lt=1, description="share of weights set to zero")
     threshold: float | None = Field(None, ge=0, description="zero weights with |w| below this "

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 class PruneSemiStructured(PruneTraining):
     technique: Literal["prune_semi_structured"] = "prune_semi_structured"
+    family = "pruning"
     always_shown = ("n", "m")
     n: int = Field(2, gt=0, description="weights kept in each group")
     m: int = Field(4, gt=1, description="consecutive weights along the input dimension")

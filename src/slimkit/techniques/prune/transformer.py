@@ -21,6 +21,7 @@ from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 
 class PruneTransformer(TechniqueConfig):
     technique: Literal["prune_transformer"] = "prune_transformer"
+    family = "pruning"
     flops_ratio: float = Field(0.65, gt=0, le=1, description="share of encoder FLOPs to keep")
     importance: Literal["taylor", "magnitude"] = "taylor"
     allocation: Literal["global", "uniform"] = Field(

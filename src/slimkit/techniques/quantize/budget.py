@@ -10,14 +10,8 @@ import numpy as np
 
 from slimkit.evaluate.fidelity import Budget, Fidelity, accuracy_targets, score
 from slimkit.progress import progress_bar
-from slimkit.techniques.allocate import greedy
 
-# A search's quality is a fidelity record, measured by the evaluator's scorer.
-Quality = Fidelity
-measure = score
-
-__all__ = ["Budget", "Quality", "SearchResult", "keep_sensitive_in_float", "measure",
-           "search_report"]
+__all__ = ["Budget", "SearchResult", "keep_sensitive_in_float", "search_report"]
 
 
 @dataclass
@@ -29,10 +23,9 @@ class SearchResult:
 
 
 def _ranked(layers: list[str], sensitivity: dict[str, float]) -> list[str]:
-    """The allocator's order for float over int8: most error removed per layer kept."""
-    damage = {n: {"int8": sensitivity[n], "float": 0.0} for n in layers}
-    cost = {n: {"int8": 0, "float": 1} for n in layers}
-    return [str(s.unit) for s in greedy(damage, dict.fromkeys(layers, "int8"), cost, buy=True)]
+    """Most error removed per layer kept in float first: the allocator's order when every
+    layer costs the same, which is a sort."""
+    return sorted(layers, key=lambda n: -sensitivity[n])
 
 
 def keep_sensitive_in_float(layers: list[str], budget: Budget,

@@ -24,6 +24,7 @@ _WIDTHS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 class MixedPrecision(TechniqueConfig):
     technique: Literal["mixed_precision"] = "mixed_precision"
+    family = "quantization"
     always_shown = ("size_budget",)
     size_budget: float = Field(0.2, gt=0, le=1, description="weight bytes / fp32 weight bytes")
     bits: list[int] = Field(default_factory=lambda: [4, 8, 16], description="widths to choose")

@@ -28,6 +28,7 @@ ATTENTION_OPS = {"Softmax", "ScaledDotProductAttention"}
 
 class NncfInt8(TechniqueConfig):
     technique: Literal["nncf_int8"] = "nncf_int8"
+    family = "quantization"
     version = 2  # 2: attention read as ScaledDotProductAttention also selects transformer mode
     transformer: bool | None = Field(None, description="NNCF's transformer mode; None detects "
                                                        "it from attention in the graph")
@@ -40,6 +41,7 @@ class NncfInt8(TechniqueConfig):
 
 class WeightCompress(TechniqueConfig):
     technique: Literal["weight_compress"] = "weight_compress"
+    family = "quantization"
     always_shown = ("mode",)
     mode: Literal["int8_sym", "int8_asym", "int4_sym", "int4_asym", "nf4"] = "int4_sym"
     group_size: int | None = Field(128, gt=0, description="int4/nf4 group size; None per "

@@ -33,6 +33,7 @@ from slimkit.techniques.quantize.ort_kernels import (
 
 class StaticInt8(TechniqueConfig):
     technique: Literal["static_int8"] = "static_int8"
+    family = "quantization"
     # 2: int8_mode chosen by the CPU; 3: a max_drop budget without labels counts the drop
     # against the float model's top-1 (it passed unchecked)
     version = 3

@@ -18,6 +18,7 @@ from slimkit.techniques.quantize.onnx_graph import gemm_to_matmul
 
 class WeightOnlyInt4(TechniqueConfig):
     technique: Literal["weight_only_int4"] = "weight_only_int4"
+    family = "quantization"
     always_shown = ("mode", "group_size")
     mode: Literal["int4_sym", "int4_asym"] = "int4_sym"
     # The quantizer pads every weight to whole blocks, so a huge block is a huge allocation.

@@ -21,6 +21,7 @@ from slimkit.registry import StepContext, TechniqueConfig, technique
 
 class QAT(TechniqueConfig):
     technique: Literal["qat"] = "qat"
+    family = "quantization"
     # 2: layer outputs quantized too; 3: weight scales per layer width; 4: activation
     # histograms streamed in one pass; 5: without labels, the float model's outputs are
     # computed once before training (in other batches, so they may round differently)

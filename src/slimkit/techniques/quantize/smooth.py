@@ -26,6 +26,7 @@ SEARCH_ROWS = 2048
 
 class SmoothQuant(TechniqueConfig):
     technique: Literal["smooth_quant"] = "smooth_quant"
+    family = "smoothing"
     # 2: max|X_j| over all calibration rows (was: over the searched sample); the sample drawn
     # while streaming
     version = 2

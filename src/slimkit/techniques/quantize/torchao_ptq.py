@@ -27,6 +27,7 @@ Scheme = Literal["dynamic_int8", "static_int8", "weight_int8", "weight_int4"]
 
 class TorchAO(TechniqueConfig):
     technique: Literal["torchao"] = "torchao"
+    family = "quantization"
     # 2: static_int8 activation histograms streamed in one pass; 3: a max_drop budget without
     # labels counts the drop against the float model's top-1 (it passed unchecked)
     version = 3
