@@ -103,10 +103,12 @@ def test_tight_cosine_budget_reverts_layers_and_holds(
 def test_loose_budget_reverts_nothing(cnn: TorchModel, blends: Dataset,
                                       float_outputs: np.ndarray, shared_cache_dir: Path,
                                       labelled: bool) -> None:
+    # Loose on every CPU: plain int8 flips 8 % of these blends on AVX-512 VNNI (AMD Zen 4),
+    # under 5 % with Intel AMX; the int8 kernels differ.
     data = blends if labelled else Dataset(blends.inputs, None, "digit-blends")
-    built, report = quantize(cnn, data, shared_cache_dir, {"max_drop": 5.0})
+    built, report = quantize(cnn, data, shared_cache_dir, {"max_drop": 30.0})
     assert report["kept_float"] == [] and report["layers_total"] > 0
     assert report["drop_against"] == ("labels" if labelled else "float top-1")
-    assert 0.0 <= report["accuracy_drop"] <= 5.0 and report["within_budget"] is True
+    assert 0.0 <= report["accuracy_drop"] <= 30.0 and report["within_budget"] is True
     fed = fq_inputs(built)
     assert all(fed[k] for k in fed if k.endswith("/Add"))  # the residual sum stays int8
