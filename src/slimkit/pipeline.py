@@ -192,9 +192,10 @@ def build(base: Model, base_key: str, steps: list[TechniqueConfig], target: Form
         needs_data = impl.requires_data or config.needs_data()
         if needs_data and data is None:
             raise TechniqueError(f"{config.technique} needs calibration data")
-        options = config.model_dump(exclude={"technique"})
-        if config.model_dump()["technique"] != config.technique:  # from outside slimkit
-            options["class"] = config.model_dump()["technique"]  # its import path keys it too
+        options = config.model_dump()
+        named = options.pop("technique")
+        if named != config.technique:  # from outside slimkit: its import path keys it too
+            options["class"] = named
         run_step(config.technique, options, fmt, needs_data,
                  _technique_step(model, impl, config, data if needs_data else None, threads),
                  type(config).version,
