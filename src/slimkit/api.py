@@ -48,7 +48,22 @@ def run(recipe: Recipe | str | Path) -> dict[str, Any]:
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    if recipe.search is not None:
+        return optimize(recipe)
     return run_recipe(recipe)
+
+
+def optimize(recipe: Recipe | str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Search a recipe's `search:` space (same as `slimkit optimize RECIPE.yaml`); the best
+    model lands in the run folder's `best/`."""
+    from slimkit.optimize.driver import optimize as run_search
+    from slimkit.optimize.job import job_from_recipe
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    if recipe.search is None:
+        raise ConfigError("the recipe has no search: section")
+    return run_search(job_from_recipe(recipe, resume)).to_document()
 
 
 def compress(model: Model | ModelRef | str, steps: list[TechniqueConfig | dict[str, Any]],

@@ -44,7 +44,7 @@ BUNDLED_FACTORIES = frozenset({
 REPORT_JSON = "report.json"
 STEP_FILES = frozenset({REPORT_JSON, "calibration_ranges.json", "source.onnx",
                         "quantization.json", "fusion.json", "smoothing.json", "distill.json",
-                        "pruning.json"})
+                        "pruning.json", "MODEL_CARD.md"})
 MODEL_FILES = frozenset(n for f in format_names() for n in get_format(f).files)
 _SHOWN_CHARS = 400
 

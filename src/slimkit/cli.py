@@ -6,7 +6,6 @@ code 2; a traceback means a bug in slimkit.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,16 +13,12 @@ from typing import Annotated, Any
 import typer
 
 from slimkit.bench.harness import BenchOptions
-from slimkit.data import DataSpec
+from slimkit.cli_common import data_spec as _data_spec
+from slimkit.cli_common import fail as _fail
 from slimkit.errors import ConfigError, SlimkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress, export and measure trained neural networks.")
-
-
-def _fail(e: SlimkitError) -> None:
-    print(f"error: {e}", file=sys.stderr)
-    raise typer.Exit(2)
 
 
 def _invalid(e: ValueError) -> SlimkitError:
@@ -306,21 +301,6 @@ def _report(run_it: Callable[[], dict]) -> None:
         print(line)
 
 
-def _data_spec(text: str, calib: bool = False) -> DataSpec:
-    from slimkit.examples import EXAMPLES
-
-    if text in EXAMPLES:
-        return DataSpec(source="example", name=text, split="calibration" if calib else "test")
-    path = Path(text)
-    if path.is_dir():
-        return DataSpec(source="images", path=text)
-    if path.suffix == ".npz":
-        return DataSpec(source="npz", path=text)
-    if path.suffix in (".jsonl", ".txt"):
-        return DataSpec(source="text", path=text)
-    raise SlimkitError(f"--data {text!r}: not an example name, .npz, image folder, .jsonl or .txt")
-
-
 @app.command("list")
 def list_() -> None:
     """Known techniques and runtimes."""
@@ -337,6 +317,16 @@ def list_() -> None:
         fmts = ", ".join(implementations(cls.model_construct()))
         opts = ", ".join(k for k in cls.model_fields if k != "technique")
         print(f"technique:  {name} [{fmts}] options: {opts}")
+
+
+def _register_search_commands() -> None:
+    from slimkit.cli_optimize import advise, optimize
+
+    app.command()(optimize)
+    app.command()(advise)
+
+
+_register_search_commands()
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from slimkit.errors import ConfigError, SlimkitError, TechniqueError
 from slimkit.evaluate.evaluator import Task
 from slimkit.messages import clip, field_path, one_line, quote
 from slimkit.model import Format, ModelRef, check_path_text
+from slimkit.optimize.settings import SearchConfig
 from slimkit.recipe_yaml import read_recipe_file
 from slimkit.registry import TechniqueConfig, parse_step
 from slimkit.runtimes.base import runtime_format, runtime_names
@@ -106,12 +107,16 @@ class Recipe(BaseModel):
                           "split of a bundled example, else none")
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     benchmark: BenchOptions = Field(default_factory=BenchOptions)
-    candidates: list[CandidateConfig] = Field(min_length=1)
+    candidates: list[CandidateConfig] = Field(default_factory=list)
+    search: SearchConfig | None = Field(None, description="search techniques x runtimes "
+                                        "within a quality budget (slimkit optimize)")
     output: PathText = Field(None, description="run directory; default runs/<name>")
     cache_dir: PathText = Field(None, description="default $SLIMKIT_CACHE or ~/.cache/slimkit")
 
     @model_validator(mode="after")
     def _check_candidates(self) -> Recipe:
+        if not self.candidates and self.search is None:
+            raise ValueError("candidates: give at least one candidate, or a search: section")
         names = [c.name for c in self.candidates]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

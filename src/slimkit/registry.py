@@ -58,6 +58,8 @@ class TechniqueConfig(BaseModel):
     # What kind of report the technique gives (quantization, pruning, distillation, fusion):
     # renderers choose what to say about a step by it, never by the technique's name.
     family: ClassVar[str] = ""
+    # Options a search may vary, each a `slimkit.space` parameter (see `slimkit optimize`).
+    space: ClassVar[dict[str, Any]] = {}
 
     def shown_options(self) -> dict[str, Any]:
         """The options a reader needs: those set away from their defaults, plus the defining

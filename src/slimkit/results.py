@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from slimkit.errors import ConfigError
 from slimkit.io import atomic_write_json
 from slimkit.messages import clip, field_path, one_line
+from slimkit.results_search import SearchInfo
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
@@ -175,6 +176,7 @@ class RunResults(Closed):
     recipe: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
     candidates: list[Candidate] = Field(default_factory=list)
+    search: SearchInfo | None = None  # what `slimkit optimize` tried, found and chose
 
     def to_document(self) -> dict[str, Any]:
         """The JSON document; a value JSON has no type for (in a technique's options, say)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import gc
 import json
 import shutil
 import sys
@@ -22,16 +21,17 @@ from typing import Any
 import numpy as np
 
 from slimkit import __version__
-from slimkit.artifact import REPORT_JSON, copy_tree, is_artifact, load_artifact
+from slimkit.artifact import REPORT_JSON, copy_tree, is_artifact
 from slimkit.bench import Target, run_benchmark
 from slimkit.config import CandidateConfig, Recipe
 from slimkit.cpu_notes import step_notes
 from slimkit.data import Dataset, load_data
 from slimkit.errors import ConfigError, SlimkitError
-from slimkit.evaluate import collect_outputs, evaluate_outputs, primary_metric
-from slimkit.io import atomic_write_text, sha256_json
+from slimkit.evaluate import evaluate_outputs, primary_metric
+from slimkit.io import atomic_write_text
 from slimkit.machine import describe_machine
 from slimkit.model import Model, import_object, load_model
+from slimkit.outputs import model_outputs, outputs_key
 from slimkit.pipeline import Built, Cache, build, model_key
 from slimkit.progress import console, progress_bar
 from slimkit.results import (
@@ -49,7 +49,7 @@ from slimkit.results import (
     step_label,
     step_report,
 )
-from slimkit.runtimes import RuntimeOptions, get_runtime, runtime_format
+from slimkit.runtimes import runtime_format
 
 
 @dataclass
@@ -221,28 +221,13 @@ def _evaluate_all(recipe: Recipe, results: list[CandidateResult], data: Dataset,
             if res.built is None:
                 advance(len(data))
                 continue
-            key = sha256_json({"model": res.built.key, "runtime": res.runtime, "v": __version__,
-                               "compile": res.compile,
-                               "eval": ev.model_dump(), "data": data.fingerprint(),
-                               "reference": ref_key})
-            cached = cache.root / "metrics" / f"{key}.npz"
+            key = outputs_key(res.built.key, res.runtime, ev.model_dump(), data, ref_key,
+                              res.compile)
             try:
-                if cached.is_file():
-                    with np.load(cached, allow_pickle=False) as z:
-                        outputs = z["outputs"]
-                    advance(len(data), res.name)
-                else:
-                    rt = get_runtime(res.runtime, RuntimeOptions(
-                        threads=recipe.benchmark.threads, compile=res.compile))
-                    session = rt.load(load_artifact(res.built.path, trust_code=True))
-                    outputs = collect_outputs(session, data, ev.batch_size, ev.output,
-                                              lambda n, r=res.name: advance(n, r))
-                    del session
-                    gc.collect()
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = cached.with_suffix(".tmp.npz")
-                    np.savez(tmp, outputs=outputs)
-                    tmp.replace(cached)
+                outputs = model_outputs(res.built.path, key, res.runtime, data, cache.root,
+                                        batch_size=ev.batch_size, output=ev.output,
+                                        threads=recipe.benchmark.threads, compile=res.compile,
+                                        progress=lambda n, r=res.name: advance(n, r))
             except SlimkitError as e:
                 res.error = str(e)
                 continue

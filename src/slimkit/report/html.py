@@ -9,6 +9,7 @@ from typing import Any
 
 from slimkit.report.details import detail_sections
 from slimkit.report.formats import number
+from slimkit.report.search import search_html
 from slimkit.report.svg import Point, bars, curve, scatter
 from slimkit.report.table import (
     LEAD,
@@ -208,6 +209,7 @@ def render_html(results: RunResults | Mapping[str, Any]) -> str:
         charts(results),
         "<h2>How these were measured</h2>",
         f'<p class="note">{escape(" ".join(measurement_note(results)))}</p>',
+        search_html(results),
         details_html(results),
         "<h2>Lineage</h2>",
         lineage_table(results),

@@ -7,15 +7,17 @@ On OpenVINO the IR stores fp16 weights and the CPU plugin is told which precisio
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from slimkit.errors import TechniqueError
 from slimkit.model import FileModel, Model, TorchModel
 from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.space import Choice, Space
 
 
 class Cast(TechniqueConfig):
     technique: Literal["cast"] = "cast"
+    space: ClassVar[Space] = {"dtype": Choice("bf16", "fp16")}
     always_shown = ("dtype",)
     dtype: Literal["fp16", "bf16"] = "bf16"
 

@@ -12,13 +12,14 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from slimkit.errors import TechniqueError
 from slimkit.model import FileModel, Model, TorchModel
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+from slimkit.space import SEARCH_BUDGET, Choice, Space
 from slimkit.techniques.quantize.budget import Budget
 from slimkit.techniques.quantize.ort_kernels import (
     Int8Mode,
@@ -35,6 +36,8 @@ DEFAULT_OP_TYPES = ["MatMul", "Gemm", "Attention", "LSTM", "Gather"]
 class DynamicInt8(TechniqueConfig):
     technique: Literal["dynamic_int8"] = "dynamic_int8"
     family = "quantization"
+    space: ClassVar[Space] = {"per_channel": Choice(True, False),
+                               "budget": Choice(None, SEARCH_BUDGET)}
     # 2: Gather in the default operator types; 3: int8_mode chosen by the CPU; 4: a max_drop
     # budget without labels counts the drop against the float model's top-1 (it passed
     # unchecked)

@@ -10,13 +10,14 @@ or QAT); here BatchNorm statistics are only re-estimated on the calibration data
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from slimkit.errors import TechniqueError
 from slimkit.model import Model, TorchModel
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+from slimkit.space import Choice, Float, Space
 from slimkit.techniques.prune import Method
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 class PruneChannels(TechniqueConfig):
     technique: Literal["prune_channels"] = "prune_channels"
     family = "pruning"
+    space: ClassVar[Space] = {"flops_ratio": Float(0.3, 0.9, step=0.05),
+                               "importance": Choice("l1", "l2", "taylor")}
     always_shown = ("importance", "flops_ratio", "ratio")
     # l1 by default: on a trained CNN whose calibration data it already fits, gradients are
     # small and noisy, and taylor ranked no better than weight magnitude.

@@ -10,18 +10,20 @@ recorded in the step, so a saved artifact rebuilds the same shapes without data.
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
 from slimkit.errors import TechniqueError
 from slimkit.model import Model, TorchModel
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+from slimkit.space import Float, Space
 
 
 class PruneTransformer(TechniqueConfig):
     technique: Literal["prune_transformer"] = "prune_transformer"
     family = "pruning"
+    space: ClassVar[Space] = {"flops_ratio": Float(0.4, 0.9, step=0.05)}
     flops_ratio: float = Field(0.65, gt=0, le=1, description="share of encoder FLOPs to keep")
     importance: Literal["taylor", "magnitude"] = "taylor"
     allocation: Literal["global", "uniform"] = Field(

@@ -10,13 +10,14 @@ the same fake quantizers as QAT (optionally fine-tuned), so it exports as QDQ li
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from slimkit.errors import TechniqueError
 from slimkit.model import Model, TorchModel
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+from slimkit.space import Float, Space
 from slimkit.techniques.allocate import buy_while_it_helps, total
 
 _WIDTHS = (2, 3, 4, 5, 6, 7, 8, 16)
@@ -25,6 +26,7 @@ _WIDTHS = (2, 3, 4, 5, 6, 7, 8, 16)
 class MixedPrecision(TechniqueConfig):
     technique: Literal["mixed_precision"] = "mixed_precision"
     family = "quantization"
+    space: ClassVar[Space] = {"size_budget": Float(0.15, 0.5, step=0.05)}
     always_shown = ("size_budget",)
     size_budget: float = Field(0.2, gt=0, le=1, description="weight bytes / fp32 weight bytes")
     bits: list[int] = Field(default_factory=lambda: [4, 8, 16], description="widths to choose")

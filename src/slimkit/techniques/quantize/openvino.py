@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -22,6 +22,7 @@ from slimkit.evaluate import fidelity
 from slimkit.evaluate.fidelity import Budget
 from slimkit.model import FileModel, Model
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+from slimkit.space import SEARCH_BUDGET, Choice, Space
 
 ATTENTION_OPS = {"Softmax", "ScaledDotProductAttention"}
 
@@ -29,6 +30,9 @@ ATTENTION_OPS = {"Softmax", "ScaledDotProductAttention"}
 class NncfInt8(TechniqueConfig):
     technique: Literal["nncf_int8"] = "nncf_int8"
     family = "quantization"
+    space: ClassVar[Space] = {"preset": Choice("performance", "mixed"),
+                               "fast_bias_correction": Choice(True, False),
+                               "budget": Choice(None, SEARCH_BUDGET)}
     version = 2  # 2: attention read as ScaledDotProductAttention also selects transformer mode
     transformer: bool | None = Field(None, description="NNCF's transformer mode; None detects "
                                                        "it from attention in the graph")
@@ -42,6 +46,8 @@ class NncfInt8(TechniqueConfig):
 class WeightCompress(TechniqueConfig):
     technique: Literal["weight_compress"] = "weight_compress"
     family = "quantization"
+    space: ClassVar[Space] = {"mode": Choice("int8_asym", "int4_sym", "int4_asym"),
+                               "ratio": Choice(0.6, 0.8, 1.0)}
     always_shown = ("mode",)
     mode: Literal["int8_sym", "int8_asym", "int4_sym", "int4_asym", "nf4"] = "int4_sym"
     group_size: int | None = Field(128, gt=0, description="int4/nf4 group size; None per "

@@ -11,7 +11,7 @@ accuracy-aware search), and hands the ranges to ONNX Runtime through its calibra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from slimkit.errors import TechniqueError
 from slimkit.model import FileModel, Model
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+from slimkit.space import SEARCH_BUDGET, Choice, Space
 from slimkit.techniques.dynamic_int8 import quiet_root_logger
 from slimkit.techniques.quantize.budget import Budget
 from slimkit.techniques.quantize.calibrate import Method, compute_range
@@ -34,6 +35,9 @@ from slimkit.techniques.quantize.ort_kernels import (
 class StaticInt8(TechniqueConfig):
     technique: Literal["static_int8"] = "static_int8"
     family = "quantization"
+    space: ClassVar[Space] = {"calibration": Choice("minmax", "percentile", "entropy", "mse"),
+                               "per_channel": Choice(True, False),
+                               "budget": Choice(None, SEARCH_BUDGET)}
     # 2: int8_mode chosen by the CPU; 3: a max_drop budget without labels counts the drop
     # against the float model's top-1 (it passed unchecked)
     version = 3

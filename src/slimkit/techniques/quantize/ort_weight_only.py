@@ -6,12 +6,13 @@ float. ONNX Runtime's own quantizer writes the MatMulNBits operators its CPU ker
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from slimkit.model import FileModel, Model
 from slimkit.registry import StepContext, TechniqueConfig, technique
+from slimkit.space import Choice, Space
 from slimkit.techniques.dynamic_int8 import quiet_root_logger
 from slimkit.techniques.quantize.onnx_graph import gemm_to_matmul
 
@@ -19,6 +20,7 @@ from slimkit.techniques.quantize.onnx_graph import gemm_to_matmul
 class WeightOnlyInt4(TechniqueConfig):
     technique: Literal["weight_only_int4"] = "weight_only_int4"
     family = "quantization"
+    space: ClassVar[Space] = {"group_size": Choice(32, 64, 128)}
     always_shown = ("mode", "group_size")
     mode: Literal["int4_sym", "int4_asym"] = "int4_sym"
     # The quantizer pads every weight to whole blocks, so a huge block is a huge allocation.

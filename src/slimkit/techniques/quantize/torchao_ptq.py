@@ -11,7 +11,7 @@ and int4 tensors serve matmuls, not convolutions.
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 from pydantic import Field
@@ -19,6 +19,7 @@ from pydantic import Field
 from slimkit.errors import TechniqueError
 from slimkit.model import Model, TorchModel
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+from slimkit.space import SEARCH_BUDGET, Choice, Space
 from slimkit.techniques.quantize.budget import Budget, search_report
 from slimkit.techniques.quantize.calibrate import Method, compute_range
 
@@ -28,6 +29,8 @@ Scheme = Literal["dynamic_int8", "static_int8", "weight_int8", "weight_int4"]
 class TorchAO(TechniqueConfig):
     technique: Literal["torchao"] = "torchao"
     family = "quantization"
+    space: ClassVar[Space] = {"scheme": Choice("dynamic_int8", "weight_int8"),
+                               "budget": Choice(None, SEARCH_BUDGET)}
     # 2: static_int8 activation histograms streamed in one pass; 3: a max_drop budget without
     # labels counts the drop against the float model's top-1 (it passed unchecked)
     version = 3
