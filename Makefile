@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml $(if $(wildcard /usr/bin/chromium),,FORCE)
 
 FORCE:
 
+# The search resumes its own folder on a second run: no trial or step is repeated, only the
+# finalists are measured again.
 demo: $(STAMP)
-	$(BIN)/slimkit run examples/minilm.yaml
+	$(BIN)/slimkit optimize examples/minilm-optimize.yaml \
+		$(if $(wildcard runs/minilm-optimize/study.journal),--resume,)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

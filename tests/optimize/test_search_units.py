@@ -3,7 +3,7 @@ constraint, the front, and the advice as a function of the machine."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 import pytest
@@ -32,8 +32,8 @@ class FakeProfile:
     family = "cnn"
     source_format = "torch"
     has_labels = True
-    op_time_share = {"Conv": 0.82, "Gemm": 0.1, "Relu": 0.08}
-    kind_bytes_share = {"conv": 0.6, "linear": 0.4}
+    op_time_share: ClassVar[dict[str, float]] = {"Conv": 0.82, "Gemm": 0.1, "Relu": 0.08}
+    kind_bytes_share: ClassVar[dict[str, float]] = {"conv": 0.6, "linear": 0.4}
     bytes = 400_000
     params = 100_000
 
