@@ -123,7 +123,8 @@ def _model_job(model: str, data: object, settings: object, output: Path | None, 
         raise ConfigError(f"--task {task[:40]!r}: use auto, classification, embedding or generic")
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds}: must be at least 1")
-    name = Path(model).stem if Path(model).exists() else model.rsplit(":", 1)[-1]
+    # a factory is named by its module (`slimkit.examples.digits:load_model` -> digits)
+    name = Path(model).stem if Path(model).exists() else model.split(":")[0].rsplit(".", 1)[-1]
     name = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-._+")[:60] or "model"
     return Job(name=f"{name}-optimize", model=ModelRef(source=model), data=data,  # type: ignore[arg-type]
                settings=settings, output=output or Path(f"runs/{name}-optimize"),  # type: ignore[arg-type]

@@ -26,6 +26,8 @@ def trial_records(study: Any) -> list[TrialRecord]:
     """Every trial of the study as results.json keeps it."""
     out = []
     for t in study.get_trials(deepcopy=False):
+        if t.state.name == "WAITING":  # queued for a later run, never started
+            continue
         a = t.user_attrs
         state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed",
                  "RUNNING": "running", "WAITING": "waiting"}.get(t.state.name, t.state.name)
