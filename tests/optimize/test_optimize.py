@@ -30,10 +30,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGITS = "slimkit.examples.digits:load_model"
 
 
-def job(out: Path, cache: Path, workers: str = "local", trials: int = 5) -> Job:
+def job(out: Path, cache: Path, workers: str = "local", trials: int = 5,
+        mlflow: str | None = None) -> Job:
     settings = SearchConfig(budget=parse_budget("max_drop=1.0"), objective="size",
                             trials=trials, train_minutes=0, runtimes=["onnxruntime", "openvino"],
-                            finalists=3, workers=workers, seed=3)
+                            finalists=3, workers=workers, seed=3, mlflow=mlflow)
     return Job(name="digits-search", model=ModelRef(source=DIGITS),
                data=DataSpec(source="example", name="digits"), settings=settings, output=out,
                bench=BenchOptions(rounds=1, latency_runs=5, throughput_runs=1),
@@ -51,7 +52,7 @@ def serial(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResults, Path]:
 
     base = tmp_path_factory.mktemp("search")
     out = base / "run"
-    optimize(job(out, base / "cache"))
+    optimize(job(out, base / "cache", mlflow=f"sqlite:///{base / 'mlflow.db'}"))
     return load_results(out), out
 
 
@@ -75,6 +76,21 @@ def test_search_answers_within_budget(serial: tuple[RunResults, Path]) -> None:
     assert best.runtime in card and "How to load and call it" in card
     # the advice and profile that chose what to try are kept with the results
     assert s.advice["ideas"] and s.profile and s.profile["family"] == "cnn"
+
+
+def test_every_trial_is_logged_to_mlflow(serial: tuple[RunResults, Path]) -> None:
+    import mlflow
+
+    results, out = serial
+    assert results.search is not None
+    runs = mlflow.search_runs(experiment_names=["digits-search"], output_format="list")
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted([f"trial {t.number}" for t in results.search.trials] + ["answer"])
+    answer = next(r for r in runs if r.info.run_name == "answer")
+    assert answer.data.tags["best"] == results.search.best
+    first = next(r for r in runs if r.info.run_name == "trial 0")
+    assert first.data.params["runtime"] == results.search.trials[0].runtime
+    assert "size_mb" in first.data.metrics
 
 
 def test_best_reloads_and_reproduces_its_quality(serial: tuple[RunResults, Path]) -> None:

@@ -64,12 +64,18 @@ def optimize(job: Job) -> RunResults:
         console.print(f"resuming: {n} interrupted trial(s) asked again", highlight=False)
     from slimkit.optimize.workers import open_workers
 
+    tracker = None
+    if job.settings.mlflow:
+        from slimkit.optimize.tracking import Tracker
+
+        tracker = Tracker(job.settings.mlflow, job.name)
     workers = open_workers(job.settings.workers)
     errors: list[str] = []
     try:
         loop = Loop(job.settings, ideas, json.dumps(trial_context(job, setup), sort_keys=True),
                     workers, setup.data, job.bench.threads, job.bench.batch_size, runs,
-                    lambda m: console.print(m, highlight=False), errors)
+                    lambda m: console.print(m, highlight=False), errors,
+                    tracker.trial if tracker else None)
         budget_s = job.settings.minutes * 60 if job.settings.minutes else None
         search(study, loop, t0 + budget_s if budget_s else None)
         records = trial_records(study)
@@ -83,6 +89,8 @@ def optimize(job: Job) -> RunResults:
     results.search.minutes = minutes
     results.search.runs = runs
     write(job, setup, results, errors)
+    if tracker is not None:
+        tracker.answer(results)
     return results
 
 

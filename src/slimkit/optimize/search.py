@@ -87,6 +87,7 @@ class Loop:
     run_number: int
     log: Callable[[str], None]
     errors: list[str]  # tracebacks of trials that failed inside slimkit, for errors.log
+    told: Callable[[Any], None] | None = None  # called with each finished trial (MLflow)
 
 
 def _ask(study: Any, loop: Loop, count: int) -> list[tuple[Any, dict[str, Any]]]:
@@ -189,6 +190,8 @@ def search(study: Any, loop: Loop, deadline: float | None) -> int:
                     "state": "failed", "error": res.error, "traceback": res.traceback}
             for trial, payload in asked:
                 outcome = _tell(study, loop, trial, results[trial.number])
+                if loop.told is not None:
+                    loop.told(study.get_trials(deepcopy=False)[trial.number])
                 ran += 1
                 label = f"#{trial.number} {payload['runtime']} {_chain(payload['steps'])}"
                 advance(1, f"{label}: {outcome}")
