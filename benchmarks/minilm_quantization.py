@@ -54,14 +54,15 @@ def peer_ort(fp32: FileModel, calib: Dataset, out: Path, kind: str) -> Path:
     return dest
 
 
-def peer_nncf(ov_fp32: FileModel, calib: Dataset, out: Path) -> Path:
+def peer_nncf(ov_fp32: FileModel, calib: Dataset, out: Path, transformer: bool = True) -> Path:
     import nncf
     import openvino as ov
 
     ir = ov.Core().read_model(str(ov_fp32.path))
     names = [p.get_any_name() for p in ir.inputs]
     items = [{k: calib.inputs[k][i : i + 1] for k in names} for i in range(len(calib))]
-    q = nncf.quantize(ir, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER)
+    kind = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    q = nncf.quantize(ir, nncf.Dataset(items), **kind)
     dest = out / "peer-nncf-defaults"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.xml"

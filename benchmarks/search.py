@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from minilm_quantization import peer_ort
+from minilm_quantization import peer_nncf, peer_ort
 
 from slimkit.artifact import load_artifact, save_artifact
 from slimkit.bench import BenchOptions, Target, run_benchmark
@@ -52,23 +52,6 @@ CASES = {
                "data": {"source": "example", "name": "digits"}, "task": "classification",
                "trials": 16, "minutes": 15, "train_minutes": 1, "transformer": False},
 }
-
-
-def peer_nncf(ov_fp32: FileModel, calib: Any, out: Path, transformer: bool) -> Path:
-    import nncf
-    import openvino as ov
-
-    ir = ov.Core().read_model(str(ov_fp32.path))
-    names = [p.get_any_name() for p in ir.inputs]
-    items = [{k: calib.inputs[k][i : i + 1] for k in names} for i in range(len(calib))]
-    kind = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
-    q = nncf.quantize(ir, nncf.Dataset(items), **kind)
-    dest = out / "peer-nncf-defaults"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.xml"
-        ov.save_model(q, str(path), compress_to_fp16=False)
-        save_artifact(FileModel("openvino", path, ov_fp32.inputs, ov_fp32.tokenizer), dest)
-    return dest
 
 
 def peer_olive(fp32: FileModel, out: Path, olive: str | None) -> tuple[Path | None, str]:

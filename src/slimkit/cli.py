@@ -301,6 +301,47 @@ def _report(run_it: Callable[[], dict]) -> None:
         print(line)
 
 
+@app.command()
+def profile(
+    model: Annotated[str, typer.Argument(help="model file, HF dir or package.module:function")],
+    data: DataOption,
+    runtime: RuntimeOption = "onnxruntime",
+    threads: int = 2, batch_size: int = 32, rounds: int = 3,
+    task: str = "generic",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the profile here")
+                        ] = None,
+) -> None:
+    """Where MODEL's bytes, FLOPs and measured time go, layer by layer, on a runtime."""
+    from slimkit.data import load_data
+    from slimkit.model import load_model
+    from slimkit.optimize.profile import profile as run_profile
+    from slimkit.optimize.profile_render import print_profile
+    from slimkit.runtimes import runtime_format
+
+    try:
+        _at_least_one(threads=threads, batch_size=batch_size, rounds=rounds)
+        if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
+            raise ConfigError(f"--json {json_out}: not a file in an existing folder")
+        runtime_format(runtime)  # an unknown runtime is named before any model loads
+        spec = _data_spec(data)
+        loaded = load_model(model)
+        result = run_profile(loaded, load_data(spec, loaded), runtime, threads=threads,
+                             batch_size=batch_size, task=task,
+                             bench=BenchOptions(threads=threads, batch_size=batch_size,
+                                                rounds=rounds))
+    except SlimkitError as e:
+        _fail(e)
+        return
+    except ValueError as e:  # option values that pydantic rejects
+        _fail(_invalid(e))
+        return
+    print_profile(result)
+    if json_out is not None:
+        from slimkit.io import atomic_write_text
+
+        atomic_write_text(json_out, result.model_dump_json(indent=2))
+
+
 @app.command("list")
 def list_() -> None:
     """Known techniques and runtimes."""

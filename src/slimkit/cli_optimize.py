@@ -3,12 +3,18 @@ options read in one place."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from slimkit.errors import ConfigError, SlimkitError
+
+if TYPE_CHECKING:
+    from slimkit.data import DataSpec
+    from slimkit.optimize.job import Job
+    from slimkit.optimize.settings import SearchConfig
 
 BudgetOption = Annotated[str | None, typer.Option(
     help="quality the result may lose: min_cosine=C (mean output cosine) or max_drop=P "
@@ -22,8 +28,8 @@ TrainOption = Annotated[float, typer.Option(
                             "and distillation out")]
 
 
-def _settings(budget: str | None, objective: str, runtimes: list[str] | None, **more: object
-              ) -> object:
+def _settings(budget: str | None, objective: str, runtimes: list[str] | None, **more: Any
+              ) -> SearchConfig:
     from pydantic import ValidationError
 
     from slimkit.optimize.settings import SearchConfig, parse_budget
@@ -102,17 +108,17 @@ def optimize(
     print_search(results)
 
 
-def _minutes(text: str | None, parse: object) -> float | None:
+def _minutes(text: str | None, parse: Callable[[str], float]) -> float | None:
     if text is None:
         return None
     try:
-        return parse(text)  # type: ignore[operator, no-any-return]
+        return parse(text)
     except ValueError as e:
         raise ConfigError(f"--time {e}") from None
 
 
-def _model_job(model: str, data: object, settings: object, output: Path | None, resume: bool,
-               task: str, calibration: object, rounds: int) -> object:
+def _model_job(model: str, data: DataSpec, settings: SearchConfig, output: Path | None,
+               resume: bool, task: str, calibration: DataSpec | None, rounds: int) -> Job:
     import re
 
     from slimkit.bench.harness import BenchOptions
@@ -126,13 +132,13 @@ def _model_job(model: str, data: object, settings: object, output: Path | None, 
     # a factory is named by its module (`slimkit.examples.digits:load_model` -> digits)
     name = Path(model).stem if Path(model).exists() else model.split(":")[0].rsplit(".", 1)[-1]
     name = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-._+")[:60] or "model"
-    return Job(name=f"{name}-optimize", model=ModelRef(source=model), data=data,  # type: ignore[arg-type]
-               settings=settings, output=output or Path(f"runs/{name}-optimize"),  # type: ignore[arg-type]
-               calibration=calibration, task=task, bench=BenchOptions(rounds=rounds),  # type: ignore[arg-type]
+    return Job(name=f"{name}-optimize", model=ModelRef(source=model), data=data,
+               settings=settings, output=output or Path(f"runs/{name}-optimize"),
+               calibration=calibration, task=task, bench=BenchOptions(rounds=rounds),
                resume=resume)
 
 
-def _recipe_job(path: str, output: Path | None, resume: bool, workers: str) -> object:
+def _recipe_job(path: str, output: Path | None, resume: bool, workers: str) -> Job:
     from slimkit.config import load_recipe
     from slimkit.optimize.job import job_from_recipe
 
@@ -177,7 +183,7 @@ def advise(
         start = "torch" if loaded.format == "hf" else loaded.format
         runs = [r for r in runtime_names() if runtime_format(r) in [start, *reachable(start)]]
         prof = profile(loaded, ds, profile_runtime)
-        advice = run_advise(prof, settings, runs)  # type: ignore[arg-type]
+        advice = run_advise(prof, settings, runs)
     except SlimkitError as e:
         _fail(e)
         return

@@ -81,7 +81,7 @@ def test_search_answers_within_budget(serial: tuple[RunResults, Path]) -> None:
 def test_every_trial_is_logged_to_mlflow(serial: tuple[RunResults, Path]) -> None:
     import mlflow
 
-    results, out = serial
+    results, _ = serial
     assert results.search is not None
     runs = mlflow.search_runs(experiment_names=["digits-search"], output_format="list")
     names = sorted(r.info.run_name for r in runs)

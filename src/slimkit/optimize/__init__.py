@@ -1,0 +1,1 @@
+"""Profile, advise and search: slimkit optimize"""
