@@ -66,6 +66,11 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
         _fail(e)
         return
     print_summary(doc)
+    if r.search is not None:
+        from slimkit.optimize.render import print_search
+        from slimkit.results import as_results
+
+        print_search(as_results(doc))
     out = r.output_dir
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}")
 

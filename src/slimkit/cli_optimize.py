@@ -106,6 +106,7 @@ def optimize(
     from slimkit.optimize.render import print_search
 
     print_search(results)
+    print(f"results: {job.output / 'results.json'}\nreport:  {job.output / 'report.html'}")
 
 
 def _minutes(text: str | None, parse: Callable[[str], float]) -> float | None:

@@ -75,6 +75,15 @@ def _share(shares: Mapping[str, float], kind: str) -> float:
     return float(sum(v for k, v in shares.items() if k in names or k.split(".")[-1] in names))
 
 
+def _attention(profile: Any, shares: Mapping[str, float]) -> float:
+    """Time in attention blocks (by module path), or in attention operators where the
+    layers carry no such names."""
+    by_layer = sum(float(layer.time_share) for layer in getattr(profile, "layers", [])
+                   if "attention" in layer.name.rsplit(".", 1)[-1].lower()
+                   or ".attention" in layer.name.lower())
+    return by_layer or _share(shares, "attention")
+
+
 def facts(profile: Any, settings: SearchConfig, caps: Capabilities | None = None
           ) -> dict[str, Any]:
     """What the rules may test, each a plain value a rule can compare and cite."""
@@ -90,7 +99,7 @@ def facts(profile: Any, settings: SearchConfig, caps: Capabilities | None = None
         "int8_dot": caps.int8_dot, "bf16": caps.bf16, "fp16": caps.fp16, "x86": caps.x86,
         "cpu": caps.kind(),
         "matmul_time": _share(shares, "matmul"), "conv_time": _share(shares, "conv"),
-        "attention_time": _share(shares, "attention"),
+        "attention_time": _attention(profile, shares),
         "embedding_bytes": float(profile.kind_bytes_share.get("embedding", 0.0)),
         "linear_bytes": float(profile.kind_bytes_share.get("linear", 0.0)),
         "objective": settings.objective,
