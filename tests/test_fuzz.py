@@ -124,9 +124,13 @@ def _typo(word: str, kind: int) -> str:
 def _dropped_fields() -> Iterator[Case]:
     for base in BASES:
         raw = _raw(base)
-        for key in ("name", "model", "data", "candidates"):
+        for key in ("name", "model", "data"):
             yield Case(f"{base}-drop-{key}", _dump({k: v for k, v in raw.items() if k != key}),
                        f"{key}: required field is missing")
+        # a recipe may search instead of listing candidates, but must do one or the other
+        yield Case(f"{base}-drop-candidates",
+                   _dump({k: v for k, v in raw.items() if k != "candidates"}),
+                   "candidates: give at least one candidate, or a search: section")
         for sub in ("model", "data"):
             yield Case(f"{base}-drop-{sub}.source",
                        _dump(_set(raw, (sub,), {k: v for k, v in raw[sub].items()

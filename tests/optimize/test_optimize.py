@@ -234,3 +234,15 @@ def test_reference_outputs_are_the_baselines(serial: tuple[RunResults, Path]) ->
     _, out = serial
     with np.load(out / "search" / "reference.npz", allow_pickle=False) as z:
         assert z["outputs"].shape[1] == 10
+
+
+def test_advise_says_what_to_try_and_why(tmp_path: Path) -> None:
+    env = {**os.environ, "SLIMKIT_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "slimkit.cli", "advise", DIGITS, "--data",
+                           "digits", "--budget", "max_drop=1.0", "--train-minutes", "0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "try ort-static-int8 on onnxruntime" in proc.stdout
+    assert "convolutions take" in proc.stdout and "% of the time" in proc.stdout
+    assert "train_minutes is 0" in proc.stdout  # a note, and no pruning idea
+    assert "prune-channels" not in proc.stdout

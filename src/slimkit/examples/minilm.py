@@ -67,8 +67,10 @@ def paragraphs(min_words: int = 20, modules: list[str] | None = None) -> list[st
             continue
         docs = [inspect.getdoc(mod)]
         for _, obj in inspect.getmembers(mod):
+            # `or ""`: a library imported earlier in the process may have left an object
+            # with `__module__ = None` in a standard module; it is not that module's own
             if (inspect.isclass(obj) or inspect.isfunction(obj)) and \
-                    getattr(obj, "__module__", "").startswith(name):
+                    (getattr(obj, "__module__", "") or "").startswith(name):
                 docs.append(inspect.getdoc(obj))
                 if inspect.isclass(obj):
                     docs += [inspect.getdoc(m) for _, m in inspect.getmembers(obj)

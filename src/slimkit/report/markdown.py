@@ -58,6 +58,7 @@ def render_markdown(results: RunResults | Mapping[str, Any]) -> str:
     if metric:
         out += ["", f"Primary quality metric: `{metric}`."]
     out += ["", "## How these were measured", "", " ".join(measurement_note(results))]
+    out += search_lines(results)
     for sec in detail_sections(results):
         out += ["", f"## {sec.title}", "", *[f"- {f}" for f in sec.facts]]
         if sec.rows:
@@ -67,6 +68,26 @@ def render_markdown(results: RunResults | Mapping[str, Any]) -> str:
     out += md_table(LINEAGE_HEADERS, lineage_rows(results), lineage_numeric)
     out += ["", *footer_lines(results)]
     return "\n".join(out) + "\n"
+
+
+def search_lines(results: RunResults) -> list[str]:
+    """A search's front, its best and what its trials did; nothing for a plain run."""
+    from slimkit.optimize.render import front_rows, trial_counts
+
+    s = results.search
+    if s is None:
+        return []
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(trial_counts(results).items()))
+    budget = ", ".join(f"{k}={v}" for k, v in s.budget.items() if v is not None)
+    out = ["", "## Search", "", f"{len(s.trials)} trials ({counts}), objective {s.objective}, "
+           f"budget {budget}, workers {s.workers}. Best: `{s.best}` (in `{s.best_dir}/`).", ""]
+    heads = ["Candidate", "Runtime", "Steps", results.primary_metric or "quality",
+             s.objective, "Size ×"]
+    out += md_table(heads, front_rows(results), [False, False, False, True, True, True])
+    ideas = (s.advice or {}).get("ideas", [])
+    out += ["", "Advice:", "", *[f"- {i['id']} on {', '.join(i['runtimes'])}: "
+                                 f"{'; '.join(i['reasons'])}" for i in ideas]]
+    return out
 
 
 def footer_lines(results: RunResults) -> list[str]:
