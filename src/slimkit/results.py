@@ -79,6 +79,7 @@ class BenchSettings(Open):
     warmup: int | None = None
     latency_runs: int | None = None
     throughput_runs: int | None = None
+    min_seconds: float | None = None
     timeout_s: int | float | None = None
 
 

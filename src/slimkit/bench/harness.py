@@ -38,6 +38,8 @@ class BenchOptions(BaseModel):
     warmup: int = Field(3, ge=0, description="discarded runs per candidate after loading")
     latency_runs: int = Field(20, gt=0, description="batch-1 requests per candidate per round")
     throughput_runs: int = Field(3, gt=0, description="serving batches per candidate per round")
+    min_seconds: float = Field(0.25, ge=0, description="each timed series runs at least this "
+                               "long, so a small model's figure is not a few ms of noise")
     timeout_s: float = Field(600, gt=0, description="longest wait for one worker reply")
 
 
@@ -68,10 +70,11 @@ class _Worker:
         self.proc.start()
         child.close()
         self.timeout = opts.timeout_s
+        self.min_seconds = opts.min_seconds
 
     def ask(self, cmd: str, count: int = 0) -> tuple[str, dict[str, Any]]:
         if cmd:
-            self.conn.send((cmd, count))
+            self.conn.send((cmd, count, self.min_seconds))
         if not self.conn.poll(self.timeout):
             raise TimeoutError(f"no reply to {cmd or 'start'} within {self.timeout:.0f} s")
         try:

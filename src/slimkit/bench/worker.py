@@ -13,6 +13,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+MAX_RUNS = 5000  # a series never runs more often than this to reach its minimum time
+
 
 def _status_mb(field: str) -> float:
     """A memory figure of this process from /proc (VmRSS now, VmHWM its peak).
@@ -57,13 +59,14 @@ def serve(conn: Connection, artifact: str, runtime: str, threads: int, inputs: s
                              "rss_loaded_mb": _status_mb("VmRSS"), "describe": rt.describe()}))
         cursor = 0
         while True:
-            cmd, count = conn.recv()
+            cmd, count, min_seconds = conn.recv()
             if cmd == "stop":
                 break
             pool = singles if cmd == "latency" else batches
             session.run(pool[cursor % len(pool)])  # untimed: a new shape pays extra once
-            times = []
-            for _ in range(count):
+            times: list[float] = []
+            # at least `count` runs and `min_seconds` of them (within a bound on the count)
+            while len(times) < count or (sum(times) < min_seconds and len(times) < MAX_RUNS):
                 feeds = pool[cursor % len(pool)]
                 cursor += 1
                 t = time.perf_counter()
