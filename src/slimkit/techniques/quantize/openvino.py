@@ -32,7 +32,8 @@ class NncfInt8(TechniqueConfig):
     family = "quantization"
     # No budget here: NNCF's accuracy control ranks every layer by a full evaluation, minutes
     # per trial on MiniLM; slimkit's own budget search (static_int8) is the cheaper way.
-    space: ClassVar[Space] = {"preset": Choice("performance", "mixed"),
+    # None first: a search's first trial is NNCF's own default, then the presets by name
+    space: ClassVar[Space] = {"preset": Choice(None, "performance", "mixed"),
                                "fast_bias_correction": Choice(True, False)}
     version = 2  # 2: attention read as ScaledDotProductAttention also selects transformer mode
     transformer: bool | None = Field(None, description="NNCF's transformer mode; None detects "
