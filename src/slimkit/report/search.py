@@ -77,7 +77,8 @@ def trials_chart(s: SearchInfo, width: int = 720, height: int = 420) -> str:
         out.append(f'<line id="budget-line" x1="{f.left}" y1="{y:.1f}" x2="{f.left + f.width}" '
                    f'y2="{y:.1f}" stroke="{BASE}" stroke-dasharray="5 4"/>')
         out.append(text(f.left + f.width - 4, y - 5, "budget", "end", "legend"))
-    front = sorted([(x, y) for t, x, y in shown if t.number in on_front])
+    front = _staircase([(x, y) for t, x, y in shown if t.number in on_front],
+                       x_up=s.objective == "throughput", y_up=cosine)
     if front:
         path = " ".join(f"{'M' if i == 0 else 'L'}{f.sx(x):.1f} {f.sy(y):.1f}"
                         for i, (x, y) in enumerate(front))
@@ -95,6 +96,17 @@ def trials_chart(s: SearchInfo, width: int = 720, height: int = 420) -> str:
                         f"{len(failed)} failed", cls="legend"))
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _staircase(points: list[tuple[float, float]], x_up: bool, y_up: bool
+               ) -> list[tuple[float, float]]:
+    """The front members that no other beats on both plotted axes, in x order: the line the
+    eye reads as the trade-off (members kept for size alone are marked, not joined)."""
+    sx, sy = (1 if x_up else -1), (1 if y_up else -1)
+    kept = [(x, y) for x, y in points
+            if not any(sx * a >= sx * x and sy * b >= sy * y and (a, b) != (x, y)
+                       for a, b in points)]
+    return sorted(kept)
 
 
 def _axes(f: Frame) -> list[str]:
