@@ -18,7 +18,7 @@ from slimkit.bench.harness import BenchOptions
 from slimkit.data import DataSpec, load_data
 from slimkit.dataset import Dataset
 from slimkit.errors import ConfigError
-from slimkit.evaluate import evaluate_outputs, primary_metric
+from slimkit.evaluate import primary_metric
 from slimkit.formats import reachable
 from slimkit.io import atomic_write_text
 from slimkit.model import Model, ModelRef, load_model
@@ -152,12 +152,6 @@ def trial_context(job: Job, setup: Setup) -> dict[str, Any]:
             "cache": str(setup.cache.root.resolve()), "evaluation": setup.evaluation,
             "slice": job.settings.slice or max(32, len(setup.data) // 4),
             "threads": job.bench.threads}
-
-
-def baseline_quality(setup: Setup) -> dict[str, float]:
-    ev = setup.evaluation
-    return evaluate_outputs(ev["task"], setup.reference, setup.reference, setup.data.labels,
-                            top_k=ev["top_k"])
 
 
 def metric_name(setup: Setup) -> str:
