@@ -278,27 +278,40 @@ def model_bytes(path: Path) -> int:
     return get_format(read_record(path).format).size(path)
 
 
-def _candidate(r: CandidateResult, base_size: int | None) -> Candidate:
-    size = model_bytes(r.built.path) if r.built else None
-    bench = dict(r.bench)
+def candidate_doc(name: str, runtime: str, *, lineage: list[dict[str, Any]], key: str | None,
+                  artifact: str | None, size: int | None, quality: dict[str, Any] | None,
+                  bench: dict[str, Any], base_size: int | None, error: str | None = None,
+                  details: dict[str, Any] | None = None, notes: list[str] | None = None
+                  ) -> Candidate:
+    """One candidate as results.json holds it, from what a run or a search measured: the
+    size ratio joins the speed ratios, and a candidate that failed keeps none."""
+    bench = dict(bench)
     ratios = bench.pop("ratios", None)
     info = bench.pop("runtime_info", None)
     if ratios is not None and size and base_size:
         ratios = {**ratios, "size": size / base_size}
     return Candidate(
-        name=r.name, runtime=r.runtime,
+        name=name, runtime=runtime,
         runtime_info=RuntimeInfo.model_validate(info) if info else None,
-        steps=[LineageStep.model_validate(s) for s in r.built.lineage()] if r.built else [],
-        key=r.built.key if r.built else None,
-        artifact=f"candidates/{r.name}" if r.built else None,
-        size_bytes=size,
-        quality=r.quality,
+        steps=[LineageStep.model_validate(s) for s in lineage], key=key, artifact=artifact,
+        size_bytes=size, quality=quality,
         bench=Bench.model_validate(bench) if bench else None,
-        ratios=Ratios.model_validate(ratios) if ratios is not None and r.error is None else None,
-        error=r.error,
-        details={label: step_report(label, rep) for label, rep in r.details.items()} or None,
-        cpu_notes=r.notes,
+        ratios=Ratios.model_validate(ratios) if ratios is not None and error is None else None,
+        error=error,
+        details={label: step_report(label, rep) for label, rep in (details or {}).items()}
+        or None,
+        cpu_notes=notes or [],
     )
+
+
+def _candidate(r: CandidateResult, base_size: int | None) -> Candidate:
+    built = r.built
+    return candidate_doc(
+        r.name, r.runtime, lineage=built.lineage() if built else [],
+        key=built.key if built else None,
+        artifact=f"candidates/{r.name}" if built else None,
+        size=model_bytes(built.path) if built else None, quality=r.quality, bench=r.bench,
+        base_size=base_size, error=r.error, details=r.details, notes=r.notes)
 
 
 def _results_doc(recipe: Recipe, results: list[CandidateResult], data: Dataset,

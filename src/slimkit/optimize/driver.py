@@ -27,17 +27,12 @@ from slimkit.optimize.study import open_study, requeue_unfinished, stored_ideas
 from slimkit.progress import console
 from slimkit.results import (
     RESULTS_FILE,
-    Bench,
     BenchSettings,
     Candidate,
     DataInfo,
-    LineageStep,
     Machine,
-    Ratios,
     RunResults,
-    RuntimeInfo,
     save_results,
-    step_report,
 )
 from slimkit.results_search import SearchInfo, TrialRecord
 
@@ -108,31 +103,22 @@ def _baseline_candidate(setup: Setup, bench: dict[str, Any]) -> Candidate:
     ev = setup.evaluation
     quality = evaluate_outputs(ev["task"], setup.reference, setup.reference, setup.data.labels,
                                top_k=ev["top_k"])
+    size = model_bytes(setup.baseline.path)
     return _candidate(BASELINE, setup.baseline_runtime, setup.baseline.lineage(),
-                      setup.baseline.key, model_bytes(setup.baseline.path), quality, bench,
-                      None, {})
+                      setup.baseline.key, size, quality, bench, size, {})
 
 
 def _candidate(name: str, runtime: str, lineage: list[dict[str, Any]], key: str | None,
                size: int | None, quality: dict[str, Any] | None, bench: dict[str, Any],
                base_size: int | None, reports: dict[str, Any]) -> Candidate:
+    from slimkit.run import candidate_doc
+
     bench = dict(bench)
     error = bench.pop("error", None)
-    ratios = bench.pop("ratios", None)
-    info = bench.pop("runtime_info", None)
-    if ratios is not None and size and base_size:
-        ratios = {**ratios, "size": size / base_size}
-    elif ratios is not None and base_size is None:
-        ratios = {**ratios, "size": 1.0}
-    return Candidate(
-        name=name, runtime=runtime,
-        runtime_info=RuntimeInfo.model_validate(info) if info else None,
-        steps=[LineageStep.model_validate(s) for s in lineage], key=key,
-        artifact=f"candidates/{name}", size_bytes=size, quality=quality,
-        bench=Bench.model_validate(bench) if bench else None,
-        ratios=Ratios.model_validate(ratios) if ratios and not error else None,
-        error=f"benchmark: {error}" if error else None,
-        details={label: step_report(label, rep) for label, rep in reports.items()} or None)
+    return candidate_doc(name, runtime, lineage=lineage, key=key,
+                         artifact=f"candidates/{name}", size=size, quality=quality,
+                         bench=bench, base_size=base_size,
+                         error=f"benchmark: {error}" if error else None, details=reports)
 
 
 def answer(job: Job, setup: Setup, records: list[TrialRecord], made: dict[int, dict[str, Any]],

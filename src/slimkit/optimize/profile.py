@@ -33,9 +33,9 @@ from slimkit.optimize.layers import (
     layer_grouping,
     onnx_stats,
     openvino_stats,
-    torch_stats,
 )
 from slimkit.optimize.op_times import OpTimes, TimedOp, measure_ops
+from slimkit.optimize.torch_layers import torch_stats
 from slimkit.pipeline import Cache, build, model_key
 from slimkit.runtimes import runtime_format
 
