@@ -7,11 +7,13 @@ from types import ModuleType
 
 from slimkit.errors import DataError
 
-EXAMPLES = {"minilm": "slimkit.examples.minilm", "digits": "slimkit.examples.digits"}
+EXAMPLES = {"minilm": "slimkit.examples.minilm", "digits": "slimkit.examples.digits",
+            "mobilenet": "slimkit.examples.mobilenet"}
 # Each example's splits, written out here so that a recipe is checked when it is read,
 # without importing the examples (and torch with them).
 SPLITS = {"minilm": ("calibration", "train", "test", "all"),
-          "digits": ("test", "train", "calibration")}
+          "digits": ("test", "train", "calibration"),
+          "mobilenet": ("test", "calibration")}
 
 
 def example(name: str) -> ModuleType:
