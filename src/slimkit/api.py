@@ -175,6 +175,10 @@ class QuantizeOptions(CompareOptions):
     method: str | None = Field(None, description="technique; default by runtime")
     min_cosine: float | None = None
     max_drop: float | None = None
+    # Torch steps that prepare a CNN's weights for int8, in the order they run
+    equalize: bool = Field(False, description="cross-layer equalization first")
+    bias_correct: bool = Field(False, description="correct each layer's int8 output shift")
+    adaround: bool = Field(False, description="learned rounding of the weights")
 
 
 class PruneOptions(CompareOptions):
@@ -231,7 +235,10 @@ def quantize(model: str, data: DataSpec, *, options: QuantizeOptions | None = No
     settings = dict(opts.settings)
     if opts.min_cosine is not None or opts.max_drop is not None:
         settings["budget"] = {"min_cosine": opts.min_cosine, "max_drop": opts.max_drop}
-    return _versus(model, data, opts, method, [{method: settings}])
+    prepare = [{name: {}} for name, on in (("equalize", opts.equalize),
+                                           ("bias_correct", opts.bias_correct),
+                                           ("adaround", opts.adaround)) if on]
+    return _versus(model, data, opts, method, [*prepare, {method: settings}])
 
 
 def prune(model: str, data: DataSpec, *, options: PruneOptions | None = None) -> dict[str, Any]:

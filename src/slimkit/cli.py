@@ -186,18 +186,29 @@ def quantize(
     min_cosine: Annotated[float | None, typer.Option(help="budget: mean output cosine")] = None,
     max_drop: Annotated[float | None, typer.Option(help="budget: accuracy points")] = None,
     calibration: Annotated[str | None, typer.Option(help="calibration data, as --data")] = None,
+    equalize: Annotated[bool, typer.Option(
+        help="torch models: cross-layer equalization before quantizing")] = False,
+    bias_correct: Annotated[bool, typer.Option(
+        help="torch models: correct each layer's int8 output shift on the calibration data")
+    ] = False,
+    adaround: Annotated[bool, typer.Option(
+        help="torch models: learn each weight's rounding on the calibration data")] = False,
     task: str = "generic",
     option: Annotated[list[str] | None, typer.Option("--set", help="technique option KEY=VALUE "
                                                                     "(YAML value)")] = None,
     output: OutputOption = None,
     rounds: int = 3,
 ) -> None:
-    """Quantize MODEL for a runtime within a budget; report it against the float model."""
+    """Quantize MODEL for a runtime within a budget; report it against the float model.
+    --equalize, --bias-correct and --adaround run on the torch model first, in that order;
+    --set options go to the quantizer."""
     from slimkit.api import QuantizeOptions
     from slimkit.api import quantize as api_quantize
 
     def run_it() -> dict:
         opts = QuantizeOptions(method=method, min_cosine=min_cosine, max_drop=max_drop,
+                               equalize=equalize, bias_correct=bias_correct,
+                               adaround=adaround,
                                **_shared(runtime, option, task, calibration, output, rounds))
         return api_quantize(model, _data_spec(data), options=opts)
 

@@ -28,6 +28,7 @@ from slimkit.cpu_notes import step_notes
 from slimkit.data import Dataset, load_data
 from slimkit.errors import ConfigError, SlimkitError
 from slimkit.evaluate import evaluate_outputs, primary_metric
+from slimkit.evaluate.budget_check import budget_warnings
 from slimkit.io import atomic_write_text
 from slimkit.machine import describe_machine
 from slimkit.model import Model, import_object, load_model
@@ -86,6 +87,9 @@ def run_results(recipe: Recipe) -> RunResults:
             _warn(warnings, f"{cand.name}: {note}")
     _build_all(recipe, results, base, data, cache, warnings, errors)
     _evaluate_all(recipe, results, data, cache, errors)
+    for res in results:  # a budget met on calibration data that the evaluation data breaks
+        for text in budget_warnings(res.name, res.details, res.quality):
+            _warn(warnings, text)
     _benchmark_all(recipe, results, data)
     doc = _results_doc(recipe, results, data, warnings)
     _write_run(recipe, results, doc, errors)

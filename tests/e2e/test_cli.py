@@ -119,6 +119,21 @@ def test_quantize_digits_within_an_accuracy_budget(tmp_path: Path):
     assert "kept in float" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_quantize_prepares_a_cnn_with_equalization_and_bias_correction(tmp_path: Path):
+    out = tmp_path / "q"
+    proc = slimkit("quantize", "slimkit.examples.digits:load_model", "--data", "digits",
+                   "--method", "static_int8", "--equalize", "--bias-correct",
+                   "--task", "classification", "--rounds", "1", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    q = doc["candidates"][1]
+    assert [s["step"] for s in q["steps"] if not s["step"].startswith("export")] == \
+        ["equalize", "bias_correct", "static_int8"]
+    assert step_report(q, "equalize")["pairs"] > 0
+    assert q["quality"]["accuracy_delta"] >= -1.0
+
+
 def test_quantize_rejects_a_bad_option(tmp_path: Path):
     proc = slimkit("quantize", "slimkit.examples.digits:load_model", "--data", "digits",
                    "--method", "static_int8", "--set", "calibraton=mse", cwd=tmp_path)

@@ -44,15 +44,44 @@ def _quantization_facts(report: Fields) -> list[str]:
         of = f" of {total}" if total else ""
         facts.append(f"kept in float: {len(kept)}{of} layers"
                      + (f" ({', '.join(kept)})" if kept else ""))
-    for key in ("cosine", "accuracy_drop"):
-        if report.get(key) is not None:
-            facts.append(f"{key.replace('_', ' ')} on calibration data: {report[key]:.4f}")
+    facts += _budget_check_facts(report)
+    if report.get("layer_costs"):
+        facts.append(f"layers kept in float by {report.get('fallback', 'sensitivity')}; "
+                     f"costs: {report['layer_costs']}")
     if report.get("trials"):
         facts.append(f"quantized and scored {report['trials']} times")
     if report.get("int8_mode"):
         facts.append(f"int8 operands: {report['int8_mode']} ({report.get('int8_mode_reason')})")
     if isinstance(report.get("calibration"), str):
         facts.append(f"activation ranges: {report['calibration']}")
+    return facts
+
+
+def _budget_check_facts(report: Fields) -> list[str]:
+    """Quality on the calibration rows the search chose layers with, and on the rows held
+    out from it, side by side: a budget that holds only on the first was fitted to them."""
+    facts = []
+    rows = report.get("search_rows")
+    for key in ("cosine", "accuracy_drop"):
+        if report.get(key) is None:
+            continue
+        name = key.replace("_", " ")
+        if rows is None:  # a report from before the held-out check
+            facts.append(f"{name} on calibration data: {report[key]:.4f}")
+            continue
+        line = f"{name} on calibration data: {report[key]:.4f} on {rows} search rows"
+        if report.get(f"heldout_{key}") is not None:
+            line += f", {report[f'heldout_{key}']:.4f} on {report.get('heldout_rows')} held out"
+        facts.append(line)
+    verdicts = {"search rows": report.get("within_budget"),
+                "held-out rows": report.get("within_budget_heldout")}
+    failed = [where for where, ok in verdicts.items() if ok is False]
+    if failed:
+        facts.append(f"budget not met on the {' and '.join(failed)}")
+    if report.get("all_float"):
+        facts.append("every layer is kept in float: nothing is quantized")
+    if report.get("heldout_note"):
+        facts.append(str(report["heldout_note"]))
     return facts
 
 

@@ -20,7 +20,7 @@ from slimkit.errors import TechniqueError
 from slimkit.model import FileModel, Model, TorchModel
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 from slimkit.space import SEARCH_BUDGET, Choice, Space
-from slimkit.techniques.quantize.budget import Budget
+from slimkit.techniques.quantize.budget import Budget, Fallback
 from slimkit.techniques.quantize.ort_kernels import (
     Int8Mode,
     mode_report,
@@ -40,8 +40,9 @@ class DynamicInt8(TechniqueConfig):
                                "budget": Choice(None, SEARCH_BUDGET)}
     # 2: Gather in the default operator types; 3: int8_mode chosen by the CPU; 4: a max_drop
     # budget without labels counts the drop against the float model's top-1 (it passed
-    # unchecked)
-    version = 4
+    # unchecked); 5: a budget must also hold on held-out rows, layers kept in float by error
+    # per share of run time
+    version = 5
     per_channel: bool = Field(True, description="one weight scale per output channel")
     int8_mode: Int8Mode = Field("auto", description="ONNX Runtime operand types: u8s8, "
                                 "reduce_range (7-bit weights) or u8u8; auto picks by the CPU")
@@ -51,6 +52,8 @@ class DynamicInt8(TechniqueConfig):
     exclude: list[str] = Field(default_factory=list, description="ONNX node names kept float")
     budget: Budget | None = Field(None, description="accuracy-aware: keep layers in float "
                                                     "(ONNX Runtime; needs calibration data)")
+    fallback: Fallback = Field("latency", description="budget: keep layers in float by error "
+                               "per share of measured run time, or by error alone")
 
     def needs_data(self) -> bool:
         return self.budget is not None
@@ -109,7 +112,7 @@ def dynamic_int8_onnx(model: Model, config: DynamicInt8, ctx: StepContext) -> St
         nodes = [n.name for n in proto.graph.node if n.op_type in op_types
                  and n.name not in config.exclude]
         report.update(quantize_within_budget(source, out, quantize, nodes, config.budget,
-                                             ctx.data, ctx.threads))
+                                             ctx.data, ctx.threads, config.fallback))
     finally:
         source.unlink()
     return StepResult(FileModel("onnx", out, model.inputs, model.tokenizer), report=report)

@@ -21,9 +21,11 @@ from slimkit.model import FileModel, Model
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 from slimkit.space import SEARCH_BUDGET, Choice, Space
 from slimkit.techniques.dynamic_int8 import quiet_root_logger
-from slimkit.techniques.quantize.budget import Budget
+from slimkit.techniques.quantize.budget import Budget, Fallback
 from slimkit.techniques.quantize.calibrate import Method, compute_range
-from slimkit.techniques.quantize.ort_budget import quantize_within_budget
+from slimkit.techniques.quantize.conv_chain import with_conv_chain
+from slimkit.techniques.quantize.heldout import without
+from slimkit.techniques.quantize.ort_budget import check_split, quantize_within_budget
 from slimkit.techniques.quantize.ort_kernels import (
     Int8Mode,
     mode_report,
@@ -39,8 +41,10 @@ class StaticInt8(TechniqueConfig):
                                "per_channel": Choice(True, False),
                                "budget": Choice(None, SEARCH_BUDGET)}
     # 2: int8_mode chosen by the CPU; 3: a max_drop budget without labels counts the drop
-    # against the float model's top-1 (it passed unchecked)
-    version = 3
+    # against the float model's top-1 (it passed unchecked); 4: a budget must also hold on
+    # held-out rows (left out of the ranges too), layers kept in float by error per run time;
+    # a CNN's activations, Adds and pooling quantized too (conv_chain)
+    version = 4
     always_shown = ("calibration",)
     calibration: Method = Field("percentile", description="range method for activations")
     percentile: float = Field(99.999, gt=50, le=100)
@@ -52,9 +56,14 @@ class StaticInt8(TechniqueConfig):
         default_factory=lambda: ["MatMul", "Gemm", "Conv"],
         description="operators to quantize; null quantizes all that ONNX Runtime supports")
     const_weights_only: bool = Field(True, description="skip MatMuls of two activations")
+    conv_chain: bool = Field(True, description="in a CNN, also quantize the activations, Adds "
+                             "and pooling between convolutions (ONNX Runtime then runs the chain "
+                             "in int8)")
     exclude: list[str] = Field(default_factory=list, description="node names kept in float")
     samples: int = Field(128, gt=0, description="calibration examples used")
     budget: Budget | None = Field(None, description="accuracy-aware: keep layers in float")
+    fallback: Fallback = Field("latency", description="budget: keep layers in float by error "
+                               "per share of measured run time, or by error alone")
 
     def needs_data(self) -> bool:
         return True
@@ -99,8 +108,13 @@ def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Step
     assert isinstance(model, FileModel)
     if ctx.data is None:
         raise TechniqueError("static_int8 needs calibration data")
-    calib = ctx.data.head(min(config.samples, len(ctx.data)))
+    split = check_split(ctx.data) if config.budget is not None else None
+    # the rows a budget is finally checked on are rows the ranges never saw
+    fit = ctx.data if split is None else without(ctx.data, split.heldout)
+    calib = fit.head(min(config.samples, len(fit)))
     op_types = config.op_types or _all_ort_ops()
+    if config.conv_chain:
+        op_types = with_conv_chain(model.path, op_types)
     hists = collect(model.path, calib, op_types, threads=ctx.threads)
     ranges = {n: compute_range(h, config.calibration, percentile=config.percentile)
               for n, h in hists.items()}
@@ -131,7 +145,7 @@ def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Step
         quantize(out, None, [])
     else:
         report.update(quantize_within_budget(model.path, out, quantize, nodes, config.budget,
-                                             ctx.data, ctx.threads))
+                                             ctx.data, ctx.threads, config.fallback, split))
     return StepResult(FileModel("onnx", out, model.inputs, model.tokenizer), report=report)
 
 

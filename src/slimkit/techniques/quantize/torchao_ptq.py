@@ -16,12 +16,15 @@ from typing import Any, ClassVar, Literal, cast
 import numpy as np
 from pydantic import Field
 
+from slimkit.dataset import Dataset
 from slimkit.errors import TechniqueError
 from slimkit.model import Model, TorchModel
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 from slimkit.space import SEARCH_BUDGET, Choice, Space
-from slimkit.techniques.quantize.budget import Budget, search_report
+from slimkit.techniques.quantize.budget import Budget, Fallback, Outputs, Rows, search_report
 from slimkit.techniques.quantize.calibrate import Method, compute_range
+from slimkit.techniques.quantize.heldout import Split, split_rows, take, without
+from slimkit.techniques.quantize.layer_costs import torch_costs
 
 Scheme = Literal["dynamic_int8", "static_int8", "weight_int8", "weight_int4"]
 
@@ -32,8 +35,10 @@ class TorchAO(TechniqueConfig):
     space: ClassVar[Space] = {"scheme": Choice("dynamic_int8", "weight_int8"),
                                "budget": Choice(None, SEARCH_BUDGET)}
     # 2: static_int8 activation histograms streamed in one pass; 3: a max_drop budget without
-    # labels counts the drop against the float model's top-1 (it passed unchecked)
-    version = 3
+    # labels counts the drop against the float model's top-1 (it passed unchecked); 4: a budget
+    # must also hold on held-out rows (left out of the scales too), layers kept in float by
+    # error per share of run time
+    version = 4
     always_shown = ("scheme",)
     scheme: Scheme = Field("dynamic_int8", description="int8 activations (per batch or "
                            "calibrated) with int8 weights, or weight-only int8 / int4")
@@ -43,6 +48,8 @@ class TorchAO(TechniqueConfig):
     samples: int = Field(128, gt=0, description="calibration examples used")
     exclude: list[str] = Field(default_factory=list, description="Linear layers kept in float")
     budget: Budget | None = Field(None, description="accuracy-aware: keep layers in float")
+    fallback: Fallback = Field("latency", description="budget: keep layers in float by error "
+                               "per share of measured run time, or by error alone")
     # Recorded by the technique so the structure rebuilds from the record: per-layer static
     # activation scale and the rank of that layer's input.
     scales: dict[str, tuple[float, int]] | None = None
@@ -115,12 +122,14 @@ def _targets(module: Any, config: TorchAO) -> list[str]:
 
 
 def _calibrate(module: Any, layers: list[str], config: TorchAO, ctx: StepContext,
-               names: list[str]) -> dict[str, tuple[float, int]]:
-    """Symmetric per-tensor scale of each layer's input, from slimkit's range methods."""
+               names: list[str], split: Split | None) -> dict[str, tuple[float, int]]:
+    """Symmetric per-tensor scale of each layer's input, from slimkit's range methods, on
+    rows a budget's held-out check does not use."""
     from slimkit.observe import HistogramObserver, Request, collect
 
     assert ctx.data is not None
-    data = ctx.data.head(min(config.samples, len(ctx.data)))
+    fit = ctx.data if split is None else without(ctx.data, split.heldout)
+    data = fit.head(min(config.samples, len(fit)))
     stats = collect(module, data, names, [Request(layers, {"histogram": HistogramObserver})])
     seen = {n: cast(HistogramObserver, stats[n].inputs["histogram"]) for n in layers}
     silent = [n for n in layers if not seen[n].count]
@@ -145,19 +154,41 @@ def _outputs(module: Any, data: Any, names: list[str]) -> np.ndarray:
     return np.concatenate(outs)
 
 
+# Rows the budget is checked on, search and held-out together: a trial runs in eager mode
+CHECK_ROWS = 192
+
+
+def _split(ctx: StepContext) -> Split:
+    assert ctx.data is not None
+    return split_rows(min(len(ctx.data), CHECK_ROWS))
+
+
 def _search(model: TorchModel, config: TorchAO, layers: list[str], ctx: StepContext,
-            names: list[str]) -> dict[str, Any]:
+            names: list[str], split: Split) -> dict[str, Any]:
     """The accuracy-aware loop, scored in eager mode on a slice of the calibration data."""
     assert ctx.data is not None and config.budget is not None
-    check = ctx.data.head(min(len(ctx.data), 128))
-    reference = _outputs(model.module, check, names)
+    search, held = take(ctx.data, split.search), take(ctx.data, split.heldout)
+    last: dict[tuple[Any, ...], Any] = {}
 
-    def outputs(only: list[str] | None, exclude: list[str]) -> np.ndarray:
-        trial = copy.deepcopy(model.module)
-        _quantize(trial, config, [n for n in (only or layers) if n not in exclude])
-        return _outputs(trial, check, names)
+    def trial(only: list[str] | None, exclude: list[str]) -> Any:
+        """The quantized copy; the held-out check reuses the search trial's."""
+        key = (tuple(only or ()), tuple(exclude))
+        if key not in last:
+            last.clear()
+            last[key] = copy.deepcopy(model.module)
+            _quantize(last[key], config, [n for n in (only or layers) if n not in exclude])
+        return last[key]
 
-    return search_report(layers, config.budget, reference, check.labels, outputs)
+    def on(rows: Dataset) -> Outputs:
+        return lambda only, exclude: _outputs(trial(only, exclude), rows, names)
+
+    heldout = Rows(_outputs(model.module, held, names), held.labels, on(held)) \
+        if len(held) else None
+    costs = (lambda: torch_costs(model, layers, search, ctx.threads)) \
+        if config.fallback == "latency" else None
+    report = search_report(layers, config.budget, _outputs(model.module, search, names),
+                           search.labels, on(search), heldout=heldout, costs=costs)
+    return {**report, **split.report()}
 
 
 def _rebuild(model: Model, config: TorchAO, ctx: StepContext) -> Model:
@@ -178,12 +209,14 @@ def torchao_torch(model: Model, config: TorchAO, ctx: StepContext) -> StepResult
     if config.needs_data() and ctx.data is None:
         raise TechniqueError(f"torchao {config.scheme} needs calibration data")
     update: dict[str, Any] = {}
+    split = _split(ctx) if config.budget is not None else None
     if config.scheme == "static_int8":
-        update["scales"] = _calibrate(model.module, layers, config, ctx, names)
+        update["scales"] = _calibrate(model.module, layers, config, ctx, names, split)
     config = config.model_copy(update=update)
     report: dict[str, Any] = {"scheme": config.scheme, "layers_quantized": len(layers)}
     if config.budget is not None:
-        report = {**report, **_search(model, config, layers, ctx, names)}
+        assert split is not None
+        report = {**report, **_search(model, config, layers, ctx, names, split)}
         config = config.model_copy(update={"exclude": [*config.exclude,
                                                        *report["kept_float"]]})
         layers = [n for n in layers if n not in report["kept_float"]]

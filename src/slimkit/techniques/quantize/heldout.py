@@ -1,0 +1,66 @@
+"""Rows an accuracy-aware search may choose layers on, and rows it must not see until the end.
+
+A search that keeps layers in float until a budget holds on some rows fits those rows: on
+MobileNetV2, `max_drop: 2.0` held on the rows it searched on and the drop on other crops was
+5.9 points. So the check data is split once, seeded: layers are chosen on the search rows, and
+the result must hold on the held-out rows as well. The held-out rows are also left out of
+whatever the quantizer fits to data (activation ranges), so that they are data it has not seen.
+
+A third of the rows is held out, but at least 64 (half of them under 128 rows). Under
+`MIN_ROWS` rows a held-out verdict would hang on one or two examples (one row of twelve is 8
+accuracy points), so tiny data gets no held-out check, and the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from slimkit.dataset import Dataset
+
+# Rows a budget is checked on, search and held-out together, for searches that run a runtime
+CHECK_ROWS = 384
+MIN_ROWS = 24
+MIN_HELDOUT = 64
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices into the data the check rows were drawn from."""
+
+    search: np.ndarray
+    heldout: np.ndarray
+
+    @property
+    def checked(self) -> int:
+        return len(self.search) + len(self.heldout)
+
+    def report(self) -> dict[str, object]:
+        out: dict[str, object] = {"checked_on": self.checked, "search_rows": len(self.search),
+                                  "heldout_rows": len(self.heldout)}
+        if not len(self.heldout):
+            out["heldout_note"] = (f"only {self.checked} check rows (under {MIN_ROWS}): "
+                                   "no held-out check")
+        return out
+
+
+def split_rows(n: int, seed: int = SEED) -> Split:
+    """The first `n` rows, split into search and held-out rows, each list in row order."""
+    if n < MIN_ROWS:
+        return Split(np.arange(n), np.arange(0))
+    held = max(round(n / 3), min(MIN_HELDOUT, n // 2))
+    order = np.random.default_rng(seed).permutation(n)
+    return Split(np.sort(order[held:]), np.sort(order[:held]))
+
+
+def take(data: Dataset, rows: np.ndarray) -> Dataset:
+    labels = None if data.labels is None else data.labels[rows]
+    return Dataset({k: v[rows] for k, v in data.inputs.items()}, labels, data.name)
+
+
+def without(data: Dataset, rows: np.ndarray) -> Dataset:
+    """The data less the held-out rows: what the quantizer may fit its ranges to."""
+    keep = np.setdiff1d(np.arange(len(data)), rows)
+    return take(data, keep) if len(rows) else data
