@@ -263,7 +263,8 @@ PLACES = {
     "torchao": {"torch"}, "smooth_quant": {"torch", "onnxruntime", "openvino"},
 }
 TORCH_ONLY = ["prune_channels", "prune_transformer", "prune_magnitude", "distill", "qat",
-              "smooth_quant", "mixed_precision", "torchao"]
+              "smooth_quant", "mixed_precision", "torchao", "equalize", "bias_correct",
+              "adaround"]
 
 
 def _placements() -> Iterator[Case]:

@@ -19,7 +19,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -36,8 +36,18 @@ from slimkit.techniques.quantize.adaround_data import (
 from slimkit.techniques.quantize.grid import layer_grid
 from slimkit.techniques.quantize.weight_layers import Feed, inputs_at, run_with
 
-if TYPE_CHECKING:
-    from slimkit.techniques.quantize.adaround import AdaRound
+
+class AdaRound(Protocol):
+    """What a run reads of the step's config (the technique module imports this one, so the
+    config class cannot be imported back)."""
+
+    iterations: int
+    learning_rate: float
+    batch_size: int
+    inputs: str
+    minutes: float | None
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]: ...
 
 log = logging.getLogger(__name__)
 
