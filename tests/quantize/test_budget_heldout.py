@@ -114,6 +114,29 @@ def test_nncf_reports_a_held_out_failure_it_cannot_repair(tmp_path: Path) -> Non
     assert report["search_rows"] == 48 and report["heldout_rows"] == 48
 
 
+def test_keeping_every_layer_of_a_cnn_in_float_leaves_nothing_quantized(tmp_path: Path) -> None:
+    """static_int8 quantizes a CNN's activations and residual Adds too; a budget that keeps
+    every convolution in float must keep those in float with them, or it cannot get back to
+    the float model at all (on MobileNetV2 it stayed 13.5 points down with all 53 layers
+    "in float")."""
+    import onnx
+
+    model = load_model(ModelRef(source="tests.models:tiny_cnn"))
+    x = np.random.default_rng(0).standard_normal((48, 3, 8, 8)).astype(np.float32)
+    step = parse_step({"static_int8": {"budget": {"min_cosine": 0.9999999}}})
+    built = build(model, model_key(model), [step], "onnx", Cache(tmp_path),
+                  data=Dataset({"image": x}, None, "noise"))
+    report = json.loads((built.path / "report.json").read_text())
+    assert report["all_float"] and report["within_budget"] and report["cosine"] >= 0.9999999
+    ops = {n.op_type for n in onnx.load(str(built.path / "model.onnx")).graph.node}
+    assert "QuantizeLinear" not in ops and "Add" in ops
+    plain = build(model, model_key(model), [parse_step("static_int8")], "onnx",
+                  Cache(tmp_path), data=Dataset({"image": x}, None, "noise"))
+    graph = onnx.load(str(plain.path / "model.onnx")).graph
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert any("Add" in t or "Relu" in t for t in quantized)  # the chain is int8 otherwise
+
+
 class TwoBranches(nn.Module):
     """Two Linear layers, each on half of the input. Branch b's weights have one large entry
     per row on an input that the data leaves at zero: its outputs stay ordinary, but each row's

@@ -25,6 +25,7 @@ from slimkit.techniques.quantize.budget import Budget, Fallback
 from slimkit.techniques.quantize.calibrate import Method, compute_range
 from slimkit.techniques.quantize.conv_chain import with_conv_chain
 from slimkit.techniques.quantize.heldout import without
+from slimkit.techniques.quantize.layer_groups import expand, layer_groups
 from slimkit.techniques.quantize.ort_budget import check_split, quantize_within_budget
 from slimkit.techniques.quantize.ort_kernels import (
     Int8Mode,
@@ -43,8 +44,9 @@ class StaticInt8(TechniqueConfig):
     # 2: int8_mode chosen by the CPU; 3: a max_drop budget without labels counts the drop
     # against the float model's top-1 (it passed unchecked); 4: a budget must also hold on
     # held-out rows (left out of the ranges too), layers kept in float by error per run time;
-    # a CNN's activations, Adds and pooling quantized too (conv_chain)
-    version = 4
+    # a CNN's activations, Adds and pooling quantized too (conv_chain); 5: a layer kept in
+    # float (by a budget or exclude) keeps the chain operators it feeds in float with it
+    version = 5
     always_shown = ("calibration",)
     calibration: Method = Field("percentile", description="range method for activations")
     percentile: float = Field(99.999, gt=50, le=100)
@@ -59,7 +61,8 @@ class StaticInt8(TechniqueConfig):
     conv_chain: bool = Field(True, description="in a CNN, also quantize the activations, Adds "
                              "and pooling between convolutions (ONNX Runtime then runs the chain "
                              "in int8)")
-    exclude: list[str] = Field(default_factory=list, description="node names kept in float")
+    exclude: list[str] = Field(default_factory=list, description="node names kept in float "
+                               "(a layer with the chain operators that follow it)")
     samples: int = Field(128, gt=0, description="calibration examples used")
     budget: Budget | None = Field(None, description="accuracy-aware: keep layers in float")
     fallback: Fallback = Field("latency", description="budget: keep layers in float by error "
@@ -123,6 +126,8 @@ def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Step
         n: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
         for n, (lo, hi) in ranges.items()}), cache)
     nodes = quantizable_nodes(model.path, config.op_types, config.const_weights_only)
+    # a layer kept in float keeps its part of the chain in float with it
+    groups = layer_groups(model.path, nodes, op_types)
     mode = config.resolve().int8_mode
 
     def quantize(out: Path, only: list[str] | None, exclude: list[str]) -> None:
@@ -132,8 +137,8 @@ def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Step
                 op_types_to_quantize=op_types, per_channel=config.per_channel,
                 activation_type=QuantType.QUInt8 if config.activations == "uint8"
                 else QuantType.QInt8,
-                **ort_type_options(mode), nodes_to_quantize=only or [],
-                nodes_to_exclude=[*config.exclude, *exclude],
+                **ort_type_options(mode), nodes_to_quantize=expand(groups, only or []),
+                nodes_to_exclude=expand(groups, [*config.exclude, *exclude]),
                 calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache,
                 extra_options={"MatMulConstBOnly": config.const_weights_only},
             )
