@@ -4,7 +4,6 @@ ONNX Runtime's static int8 unchanged, and an interrupted run resumes after its l
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +23,11 @@ from slimkit.techniques.quantize.fold import fold_batchnorms
 from slimkit.techniques.quantize.grid import Grid
 from tests.models import applied, trusted
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REF = ModelRef(source="tests.models:tiny_cnn", kwargs={"size": 12})
 FAST = {"iterations": 150, "samples": 48, "batch_size": 256}
 LAYERS = ["stem.0", "res.0", "head.2"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tensors this small gain nothing from a second thread, which on a busy machine only
-    waits for a core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cnn() -> TorchModel:

@@ -4,7 +4,6 @@ data or estimated from BatchNorm statistics, and its record rebuilds the biases 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ from slimkit.registry import parse_step
 from slimkit.techniques.quantize.fold import fold_batchnorms
 from slimkit.techniques.quantize.grid import Grid
 from tests.models import trusted
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REF = ModelRef(source="tests.quantize.test_bias_correct:conv_bn_relu")
 INT7 = Grid(64)
@@ -47,16 +48,6 @@ def conv_bn_relu(seed: int = 0) -> TorchModel:
         module.train()(torch.from_numpy(images(512, 9).inputs["image"]))
     inputs = [InputSpec(name="image", dtype="float32", shape=["batch", 3, 12, 12])]
     return TorchModel(module.eval(), inputs)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tensors this small gain nothing from a second thread, which on a busy machine only
-    waits for a core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def quantized(module: nn.Module, layers: list[str]) -> nn.Module:
