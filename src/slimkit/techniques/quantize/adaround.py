@@ -23,12 +23,15 @@ from pydantic import Field
 from slimkit.errors import TechniqueError
 from slimkit.model import Model, TorchModel
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
+from slimkit.techniques.quantize.calibrate import Method
 from slimkit.techniques.quantize.grid import WeightGrid, resolve_grid
 
 
 class AdaRound(TechniqueConfig):
     technique: Literal["adaround"] = "adaround"
     family = "quantization"
+    # 2: layers fitted with their inputs rounded to uint8 as the runtime will (activations)
+    version = 2
     always_shown = ("iterations",)
     weight_grid: WeightGrid = Field(
         "auto", description="the quantizer's weight grid: int8, int7 (ONNX Runtime's "
@@ -42,6 +45,12 @@ class AdaRound(TechniqueConfig):
         "quantized", description="each layer's inputs from the model with the earlier layers "
                                  "already rounded (a pass per layer), or from the float model "
                                  "(one pass feeds every layer: about 3x faster)")
+    activations: bool = Field(
+        True, description="with quantized inputs, also round each layer's input to uint8 as "
+                          "the runtime will, so the rounding makes up for activation error")
+    activation_calibration: Method = Field("percentile", description="range method for the "
+                                           "simulated activations (static_int8's default)")
+    percentile: float = Field(99.999, gt=50, le=100)
     minutes: float | None = Field(None, gt=0, description="time budget; layers not reached "
                                                           "get nearest rounding")
     skip: list[str] = Field(default_factory=list, description="layers left as they are")
@@ -98,6 +107,7 @@ def adaround_torch(model: Model, config: AdaRound, ctx: StepContext) -> StepResu
         "out_of_time": bool(nearest), "repeated_layers": sorted(seen.repeated),
         "skipped": sorted(n for n in seen.order if n not in layers and n not in seen.repeated),
         "seconds": round(run.seconds(), 1), "resumed_after": run.resumed,
+        "activations_simulated": run.acts_simulated,
         "folded_batchnorms": folded, "batchnorms_left": left}
     report["kept_nearest"] = [r["layer"] for r in run.rows if r["rounding"] == "nearest"]
     made = TorchModel(module, model.inputs, model.tokenizer, ref=model.ref)

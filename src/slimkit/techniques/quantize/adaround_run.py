@@ -33,6 +33,7 @@ from slimkit.techniques.quantize.adaround_data import (
     positions,
     shape_of,
 )
+from slimkit.techniques.quantize.calibrate import Method
 from slimkit.techniques.quantize.grid import layer_grid
 from slimkit.techniques.quantize.weight_layers import Feed, inputs_at, run_with
 
@@ -45,6 +46,9 @@ class AdaRound(Protocol):
     learning_rate: float
     batch_size: int
     inputs: str
+    activations: bool
+    activation_calibration: Method
+    percentile: float
     minutes: float | None
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]: ...
@@ -74,6 +78,8 @@ class Run:
         self.started = time.monotonic()
         self._resume()
         self.resumed = len(self.rows)
+        self.acts_simulated = config.inputs == "quantized" and config.activations
+        self.hooks: list[Any] = []
 
     def _resume(self) -> None:
         from slimkit.train import checkpoint
@@ -100,15 +106,28 @@ class Run:
         """Round every layer not in the checkpoint, until done or out of time."""
         names = list(self.layers)
         todo = names[len(self.rows):]
-        for chunk in self._chunks(todo):
-            if self._late():
-                return
-            advance(0, f"collecting inputs of {chunk[0]}" + (" and on" if len(chunk) > 1 else ""))
-            data = self._collect(chunk, names)
-            for name in chunk:
+        if todo and self.acts_simulated:
+            from slimkit.techniques.quantize.adaround_acts import input_ranges, quantize_inputs
+
+            advance(0, "activation ranges")
+            c = self.config
+            ranges = input_ranges(self.floats, self.feed, {
+                n: self.float_layers[n] for n in names}, c.activation_calibration, c.percentile)
+            self.hooks = quantize_inputs(self.layers, ranges)
+        try:
+            for chunk in self._chunks(todo):
                 if self._late():
                     return
-                self._round(name, data.pop(name), advance)
+                advance(0, f"collecting inputs of {chunk[0]}"
+                        + (" and on" if len(chunk) > 1 else ""))
+                data = self._collect(chunk, names)
+                for name in chunk:
+                    if self._late():
+                        return
+                    self._round(name, data.pop(name), advance)
+        finally:
+            for h in self.hooks:
+                h.remove()
 
     def _chunks(self, todo: list[str]) -> Iterator[list[str]]:
         if self.config.inputs == "quantized":

@@ -45,8 +45,8 @@ class Histogram:
         x = np.asarray(x, dtype=np.float64).ravel()
         self.minimum = min(self.minimum, float(x.min()))
         self.maximum = max(self.maximum, float(x.max()))
-        x = np.clip(x, self.edges[0], self.edges[-1])
-        self.counts += np.histogram(x, bins=self.edges)[0]
+        lo, hi = self.edges[0], self.edges[-1]
+        self.counts += np.histogram(np.clip(x, lo, hi), bins=len(self.counts), range=(lo, hi))[0]
 
 
 def minmax_range(h: Histogram) -> tuple[float, float]:
