@@ -37,6 +37,7 @@ BUNDLED_FACTORIES = frozenset({
     "slimkit.examples.digits:load_model",
     "slimkit.examples.digits:student",
     "slimkit.examples.minilm:load_model",
+    "slimkit.examples.mobilenet:load_model",
 })
 # What an artifact folder consists of besides the model files: the step's report (written by
 # the pipeline), what a step keeps for a rerun, and the per-technique report files that older
