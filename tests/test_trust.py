@@ -101,6 +101,13 @@ def test_only_listed_slimkit_functions_are_allowed(tmp_path: Path) -> None:
     assert all(f.startswith("slimkit.examples.") for f in BUNDLED_FACTORIES)
 
 
+def test_every_bundled_example_model_is_trusted() -> None:
+    from slimkit.examples import EXAMPLES
+
+    for module in EXAMPLES.values():
+        assert f"{module}:load_model" in BUNDLED_FACTORIES
+
+
 def test_a_bundled_example_loads_untrusted(tmp_path: Path) -> None:
     model = load_model(ModelRef(source="slimkit.examples.digits:student", kwargs={"width": 8}))
     assert isinstance(model, TorchModel)
