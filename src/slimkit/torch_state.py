@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from slimkit import subclass_state
+from slimkit import cluster_state, subclass_state
 from slimkit.errors import ModelLoadError
 from slimkit.io import atomic_write_bytes
 from slimkit.sparse_state import decode, encode
@@ -57,10 +57,17 @@ def flatten_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in tensors.items()}
 
 
-def save_state(module: nn.Module, path: Path) -> None:
+def encoded_state(module: nn.Module) -> bytes:
+    """The bytes `save_state` writes."""
     from safetensors.torch import save
 
-    atomic_write_bytes(path, save(encode(flatten_state(module))))
+    # Weights a clustering step shared are stored as codebooks and indices; the rest as before.
+    shared, rest = cluster_state.encode(flatten_state(module), cluster_state.marks(module))
+    return save({**shared, **encode(rest)})
+
+
+def save_state(module: nn.Module, path: Path) -> None:
+    atomic_write_bytes(path, encoded_state(module))
 
 
 def load_state(module: nn.Module, path: Path) -> None:
@@ -68,7 +75,8 @@ def load_state(module: nn.Module, path: Path) -> None:
         tensors = load_file(str(path))
     except Exception as e:
         raise ModelLoadError(f"{path}: cannot read weights ({e})") from e
-    tensors = decode(tensors)  # mostly-zero weights are stored as values and a bitmask
+    # mostly-zero weights are stored as values and a bitmask, shared ones as codebooks
+    tensors = decode(cluster_state.decode(tensors))
     qlin = _quantized_linears(module)
     # Start from the rebuilt module's own state (quantized layers hold opaque packed params
     # there) and overwrite every plain tensor from the file; then repack the int8 layers.
