@@ -168,6 +168,8 @@ def _ensure_loaded() -> None:
     for path in sorted((root / "techniques").rglob("*.py")):
         if _MARK in path.read_text(encoding="utf-8"):
             parts = path.relative_to(root.parent).with_suffix("").parts
+            if parts[-1] == "__init__":  # a package registering in itself: import it once
+                parts = parts[:-1]
             importlib.import_module(".".join(parts))
 
 

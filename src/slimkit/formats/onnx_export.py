@@ -41,6 +41,11 @@ def to_onnx(model: TorchModel, path: Path, example: Dataset | None = None) -> Fi
     names = [i.name for i in model.inputs]
     axes = {i.name: {k: d for k, d in enumerate(i.shape) if isinstance(d, str)}
             for i in model.inputs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    own = getattr(model.module, "export_onnx", None)
+    if callable(own):  # a module that a trace cannot capture writes its own graph (early exits)
+        own(args, names, path)
+        return FileModel("onnx", path, model.inputs, model.tokenizer)
     module = _eager_attention(model.module)
     with torch.inference_mode():
         out = module(*args)
@@ -48,7 +53,6 @@ def to_onnx(model: TorchModel, path: Path, example: Dataset | None = None) -> Fi
     out_names = ["output"] if n_out == 1 else [f"output_{k}" for k in range(n_out)]
     for o in out_names:
         axes[o] = {0: "batch"}
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
