@@ -264,7 +264,8 @@ PLACES = {
 }
 TORCH_ONLY = ["prune_channels", "prune_transformer", "prune_magnitude", "distill", "qat",
               "smooth_quant", "mixed_precision", "torchao", "equalize", "bias_correct",
-              "adaround"]
+              "adaround", "cluster", "low_rank",
+              "early_exit", "nas"]
 
 
 def _placements() -> Iterator[Case]:

@@ -1,0 +1,1 @@
+"""Student architecture search (see technique.py)."""
