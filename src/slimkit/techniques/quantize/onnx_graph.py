@@ -86,3 +86,27 @@ def fold_constant_quantize(model: Any) -> int:
     for i in unused:
         graph.initializer.remove(i)
     return folded
+
+
+def drop_dead_nodes(model: Any) -> int:
+    """Remove nodes none of whose outputs is used, and initializers nothing reads.
+
+    ONNX Runtime's quantizer folds a Clip or Relu into the range of the QuantizeLinear after
+    it and leaves the Constant nodes that held the clip bounds behind; every session then logs
+    one warning per orphan while it cleans them up. Returns how many nodes were removed."""
+    graph = model.graph
+    if any(a.g.node or a.graphs for n in graph.node for a in n.attribute):
+        return 0  # subgraphs read outer names this scan does not see
+    removed = 0
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+        removed += len(dead)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return removed

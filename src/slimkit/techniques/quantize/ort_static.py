@@ -142,6 +142,7 @@ def static_int8_onnx(model: Model, config: StaticInt8, ctx: StepContext) -> Step
                 calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache,
                 extra_options={"MatMulConstBOnly": config.const_weights_only},
             )
+        _drop_orphans(out)
 
     out = ctx.workdir / "model.onnx"
     report: dict[str, object] = {"calibration": config.calibration, "layers_total": len(nodes),
@@ -159,3 +160,14 @@ def _all_ort_ops() -> list[str]:
 
     return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
 
+
+
+def _drop_orphans(path: Path) -> None:
+    import onnx
+
+    from slimkit.io import atomic_write_bytes
+    from slimkit.techniques.quantize.onnx_graph import drop_dead_nodes
+
+    model = onnx.load(str(path))
+    if drop_dead_nodes(model) and model.ByteSize() < 2**31 - 1:
+        atomic_write_bytes(path, model.SerializeToString())
