@@ -25,11 +25,16 @@ class Dataset:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     name: str = "data"
+    # Where each row came from (a photo, a document) where rows of one source are alike:
+    # held-out checks then hold out whole groups, so "unseen" means from an unseen source.
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         sizes = {len(v) for v in self.inputs.values()}
         if self.labels is not None:
             sizes.add(len(self.labels))
+        if self.groups is not None:
+            sizes.add(len(self.groups))
         if len(sizes) > 1:
             raise DataError(f"{self.name}: inputs and labels differ in length ({sorted(sizes)})")
 
@@ -45,7 +50,8 @@ class Dataset:
 
     def rows(self, start: int, stop: int) -> Dataset:
         labels = None if self.labels is None else self.labels[start:stop]
-        return Dataset(self.slice(start, stop), labels, self.name)
+        groups = None if self.groups is None else self.groups[start:stop]
+        return Dataset(self.slice(start, stop), labels, self.name, groups)
 
     def head(self, n: int) -> Dataset:
         return self.rows(0, n)
@@ -58,6 +64,8 @@ class Dataset:
             h.update(v.tobytes())
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
+        if self.groups is not None:
+            h.update(b"groups" + np.ascontiguousarray(self.groups).tobytes())
         return h.hexdigest()
 
     def save_npz(self, path: Path) -> None:

@@ -22,10 +22,22 @@ from slimkit.pipeline import Cache, build, model_key
 from slimkit.registry import parse_step
 from slimkit.run import run_recipe
 from slimkit.techniques.quantize.budget import keep_sensitive_in_float
-from slimkit.techniques.quantize.heldout import MIN_ROWS, split_rows
+from slimkit.techniques.quantize.heldout import MIN_ROWS, split_data, split_rows, take
 from tests.models import mlp_data
 
 WIDE = ModelRef(source="tests.models:tiny_mlp", kwargs={"width": 256})
+
+
+def test_rows_from_one_source_are_held_out_together() -> None:
+    groups = np.arange(300) % 15  # 15 photos, 20 crops each, interleaved
+    data = Dataset({"x": np.zeros((300, 2), np.float32)}, None, "crops", groups)
+    split = split_data(data, 300)
+    assert split.by == "groups" and split.report()["heldout_by"] == "groups"
+    assert not set(groups[split.search]) & set(groups[split.heldout])
+    assert len(split.heldout) >= 100 and len(split.search) + len(split.heldout) == 300
+    assert set(take(data, split.heldout).groups) == set(groups[split.heldout])  # type: ignore[arg-type]
+    # too few sources to hold any out whole: rows one by one
+    assert split_rows(300, groups=np.arange(300) % 2).by == "rows"
 
 
 def test_split_is_seeded_disjoint_and_holds_out_a_third_or_64() -> None:

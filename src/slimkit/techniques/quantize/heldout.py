@@ -32,6 +32,7 @@ class Split:
 
     search: np.ndarray
     heldout: np.ndarray
+    by: str = "rows"  # or "groups": whole sources held out
 
     @property
     def checked(self) -> int:
@@ -39,25 +40,45 @@ class Split:
 
     def report(self) -> dict[str, object]:
         out: dict[str, object] = {"checked_on": self.checked, "search_rows": len(self.search),
-                                  "heldout_rows": len(self.heldout)}
+                                  "heldout_rows": len(self.heldout), "heldout_by": self.by}
         if not len(self.heldout):
             out["heldout_note"] = (f"only {self.checked} check rows (under {MIN_ROWS}): "
                                    "no held-out check")
         return out
 
 
-def split_rows(n: int, seed: int = SEED) -> Split:
-    """The first `n` rows, split into search and held-out rows, each list in row order."""
+def split_rows(n: int, seed: int = SEED, groups: np.ndarray | None = None) -> Split:
+    """The first `n` rows, split into search and held-out rows, each list in row order.
+
+    With `groups` (where each row came from), whole groups are held out until the held-out
+    share is reached: crops of one photo are so alike that holding out a crop whose sisters
+    were searched on says little about other photos. With fewer than three groups the rows
+    are split one by one."""
     if n < MIN_ROWS:
         return Split(np.arange(n), np.arange(0))
     held = max(round(n / 3), min(MIN_HELDOUT, n // 2))
-    order = np.random.default_rng(seed).permutation(n)
+    rng = np.random.default_rng(seed)
+    if groups is not None and len(np.unique(groups[:n])) >= 3:
+        g = np.asarray(groups[:n])
+        out = np.zeros(n, bool)
+        for name in rng.permutation(np.unique(g)):
+            if out.sum() >= held:
+                break
+            out |= g == name
+        return Split(np.flatnonzero(~out), np.flatnonzero(out), "groups")
+    order = rng.permutation(n)
     return Split(np.sort(order[held:]), np.sort(order[:held]))
+
+
+def split_data(data: Dataset, rows: int) -> Split:
+    """`split_rows` over the first `rows` rows of `data`, by its groups where it has them."""
+    return split_rows(min(len(data), rows), groups=data.groups)
 
 
 def take(data: Dataset, rows: np.ndarray) -> Dataset:
     labels = None if data.labels is None else data.labels[rows]
-    return Dataset({k: v[rows] for k, v in data.inputs.items()}, labels, data.name)
+    groups = None if data.groups is None else data.groups[rows]
+    return Dataset({k: v[rows] for k, v in data.inputs.items()}, labels, data.name, groups)
 
 
 def without(data: Dataset, rows: np.ndarray) -> Dataset:

@@ -24,7 +24,7 @@ from slimkit.evaluate.fidelity import Budget
 from slimkit.model import FileModel, Model
 from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 from slimkit.space import Choice, Space
-from slimkit.techniques.quantize.heldout import CHECK_ROWS, Split, split_rows, take, without
+from slimkit.techniques.quantize.heldout import CHECK_ROWS, Split, split_data, take, without
 
 ATTENTION_OPS = {"Softmax", "ScaledDotProductAttention"}
 
@@ -90,7 +90,7 @@ def nncf_int8(model: Model, config: NncfInt8, ctx: StepContext) -> StepResult:
     ir = ov.Core().read_model(str(model.path))
     names = [p.get_any_name() for p in ir.inputs]
     split = None if config.budget is None or ctx.data is None \
-        else split_rows(min(len(ctx.data), CHECK_ROWS))
+        else split_data(ctx.data, CHECK_ROWS)
     calib = nncf.Dataset(_feeds(ctx, config.samples, names,
                                 None if split is None else split.heldout))
     transformer = config.transformer

@@ -14,7 +14,7 @@ import numpy as np
 
 from slimkit.data import Dataset
 from slimkit.techniques.quantize.budget import Budget, Fallback, Rows, search_report
-from slimkit.techniques.quantize.heldout import CHECK_ROWS, Split, split_rows, take
+from slimkit.techniques.quantize.heldout import CHECK_ROWS, Split, split_data, take
 from slimkit.techniques.quantize.layer_costs import onnx_costs
 
 # quantize(output path, only these nodes or None for all, nodes to exclude)
@@ -22,7 +22,7 @@ Quantize = Callable[[Path, list[str] | None, list[str]], None]
 
 
 def check_split(data: Dataset) -> Split:
-    return split_rows(min(len(data), CHECK_ROWS))
+    return split_data(data, CHECK_ROWS)
 
 
 def outputs(path: Path, data: Dataset, threads: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from slimkit.registry import StepContext, StepResult, TechniqueConfig, technique
 from slimkit.space import SEARCH_BUDGET, Choice, Space
 from slimkit.techniques.quantize.budget import Budget, Fallback, Outputs, Rows, search_report
 from slimkit.techniques.quantize.calibrate import Method, compute_range
-from slimkit.techniques.quantize.heldout import Split, split_rows, take, without
+from slimkit.techniques.quantize.heldout import Split, split_data, take, without
 from slimkit.techniques.quantize.layer_costs import torch_costs
 
 Scheme = Literal["dynamic_int8", "static_int8", "weight_int8", "weight_int4"]
@@ -160,7 +160,7 @@ CHECK_ROWS = 192
 
 def _split(ctx: StepContext) -> Split:
     assert ctx.data is not None
-    return split_rows(min(len(ctx.data), CHECK_ROWS))
+    return split_data(ctx.data, CHECK_ROWS)
 
 
 def _search(model: TorchModel, config: TorchAO, layers: list[str], ctx: StepContext,
