@@ -138,14 +138,14 @@ def sqnr(reference: np.ndarray, approx: np.ndarray) -> float:
 
 
 def tiny_bert(layers: int = 2, heads: int = 4, hidden: int = 32, ffn: int = 64,
-              seed: int = 0) -> TorchModel:
+              seed: int = 0, vocab: int = 120) -> TorchModel:
     """A randomly initialised BERT encoder behind slimkit's mean-pooling embedder."""
     import transformers
 
     from slimkit.hf import TEXT_INPUTS, MeanPoolEmbedder
 
     _seeded(seed)
-    config = transformers.BertConfig(vocab_size=120, hidden_size=hidden, num_hidden_layers=layers,
+    config = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                                      num_attention_heads=heads, intermediate_size=ffn,
                                      max_position_embeddings=64)
     return TorchModel(MeanPoolEmbedder(transformers.BertModel(config)).eval(), list(TEXT_INPUTS))

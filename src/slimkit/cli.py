@@ -381,6 +381,10 @@ def _register_search_commands() -> None:
 
     app.command()(optimize)
     app.command()(advise)
+    from slimkit.cli_serve import loadtest, serve
+
+    app.command()(serve)
+    app.command()(loadtest)
 
 
 _register_search_commands()
