@@ -17,6 +17,7 @@ from torch import nn
 
 from slimkit.data import Dataset
 from slimkit.errors import TechniqueError
+from slimkit.hooks import forward_hooks
 from slimkit.techniques.allocate import buy_while_it_helps, cut_to
 from slimkit.techniques.low_rank.factorise import Layer, Rank, factorised, kind_of
 
@@ -64,13 +65,8 @@ def measure(module: nn.Module, example: dict[str, torch.Tensor],
                                 m.bias is not None)
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in chosen.items()]
-    try:
-        with torch.no_grad():
-            module(**example)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((m, hook(n)) for n, m in chosen.items()), torch.no_grad():
+        module(**example)
     return found
 
 

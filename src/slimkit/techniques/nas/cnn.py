@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from slimkit.hooks import forward_hooks
 from slimkit.techniques.nas.space import Architecture
 
 if TYPE_CHECKING:
@@ -51,13 +52,9 @@ def droppable_blocks(module: nn.Module, example: dict[str, torch.Tensor]) -> dic
                          and isinstance(args[0], torch.Tensor) and out.shape == args[0].shape)
         return check
 
-    handles = [child.register_forward_hook(hook(k)) for k, (_, _, child) in enumerate(candidates)]
-    try:
-        with torch.no_grad():
-            module(**example)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((child, hook(k)) for k, (_, _, child) in enumerate(candidates)), \
+            torch.no_grad():
+        module(**example)
     found: dict[str, list[int]] = {}
     for k, (name, i, _) in enumerate(candidates):
         if same.get(k):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.hooks import forward_hooks
 from slimkit.model import InputSpec
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64,
@@ -175,14 +176,9 @@ def layer_flops(module: nn.Module, example: dict[str, torch.Tensor]) -> dict[str
             found[name] = found.get(name, 0.0) + 2.0 * out.numel() * per_out
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module(**example)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((m, hook(n)) for n, m in module.named_modules()
+                       if isinstance(m, (nn.Conv2d, nn.Linear))), torch.no_grad():
+        module(**example)
     return found
 
 

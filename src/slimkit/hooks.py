@@ -1,0 +1,20 @@
+"""Forward hooks that are removed however the pass ends, for the scans that count or check
+layers by running the model once."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from torch import nn
+
+
+@contextlib.contextmanager
+def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable[..., Any]]]) -> Iterator[None]:
+    handles = [m.register_forward_hook(f) for m, f in hooks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
