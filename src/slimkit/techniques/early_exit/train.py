@@ -8,7 +8,7 @@ backbone runs at every step instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -18,7 +18,6 @@ from torch.nn import functional as F
 if TYPE_CHECKING:
     from slimkit.data import Dataset
     from slimkit.registry import StepContext
-    from slimkit.techniques.early_exit import EarlyExit
     from slimkit.techniques.early_exit.net import EarlyExitNet
     from slimkit.train import FitResult
 
@@ -37,7 +36,19 @@ class _Heads(nn.Module):
         return (*(h(f) for h, f in zip(self.heads, taps, strict=True)), final)
 
 
-def train_heads(net: EarlyExitNet, data: Dataset, config: EarlyExit,
+class HeadTraining(Protocol):
+    """What head training reads of the step's config (the package imports this module, so
+    the config class cannot be imported back)."""
+
+    temperature: float
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    max_minutes: float | None
+    feature_cache_gb: float
+
+def train_heads(net: EarlyExitNet, data: Dataset, config: HeadTraining,
                 ctx: StepContext) -> FitResult:
     """Every head learns the final head's softened distribution (KL, scaled by T^2 as usual
     so the gradient does not shrink with the temperature); the backbone stays frozen."""
