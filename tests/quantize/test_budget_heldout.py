@@ -38,6 +38,8 @@ def test_rows_from_one_source_are_held_out_together() -> None:
     assert set(take(data, split.heldout).groups) == set(groups[split.heldout])  # type: ignore[arg-type]
     # too few sources to hold any out whole: rows one by one
     assert split_rows(300, groups=np.arange(300) % 2).by == "rows"
+    # one photo with most of the crops: holding it out would leave little to search on
+    assert split_rows(300, groups=np.r_[np.zeros(250), np.arange(50) % 5 + 1]).by == "rows"
 
 
 def test_split_is_seeded_disjoint_and_holds_out_a_third_or_64() -> None:

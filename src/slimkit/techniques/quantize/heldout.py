@@ -53,7 +53,7 @@ def split_rows(n: int, seed: int = SEED, groups: np.ndarray | None = None) -> Sp
     With `groups` (where each row came from), whole groups are held out until the held-out
     share is reached: crops of one photo are so alike that holding out a crop whose sisters
     were searched on says little about other photos. With fewer than three groups the rows
-    are split one by one."""
+    are split one by one, and so they are where one group would take most of the rows."""
     if n < MIN_ROWS:
         return Split(np.arange(n), np.arange(0))
     held = max(round(n / 3), min(MIN_HELDOUT, n // 2))
@@ -65,7 +65,8 @@ def split_rows(n: int, seed: int = SEED, groups: np.ndarray | None = None) -> Sp
             if out.sum() >= held:
                 break
             out |= g == name
-        return Split(np.flatnonzero(~out), np.flatnonzero(out), "groups")
+        if (~out).sum() >= n - 2 * held:  # a dominant group would leave too little to search
+            return Split(np.flatnonzero(~out), np.flatnonzero(out), "groups")
     order = rng.permutation(n)
     return Split(np.sort(order[held:]), np.sort(order[:held]))
 
