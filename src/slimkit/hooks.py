@@ -11,8 +11,11 @@ from torch import nn
 
 
 @contextlib.contextmanager
-def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable[..., Any]]]) -> Iterator[None]:
-    handles = [m.register_forward_hook(f) for m, f in hooks]
+def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable[..., Any]]],
+                  pre: bool = False) -> Iterator[None]:
+    """`pre`: hooks that see each module's inputs before it runs, not its output."""
+    handles = [m.register_forward_pre_hook(f) if pre else m.register_forward_hook(f)
+               for m, f in hooks]
     try:
         yield
     finally:

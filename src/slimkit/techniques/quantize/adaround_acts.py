@@ -11,48 +11,43 @@ way). Ranges come from the float model's inputs by the same histogram methods `s
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from slimkit.techniques.quantize.calibrate import Histogram, Method, compute_range
+from slimkit.observe import HistogramObserver, MinMax, Request, collect
+from slimkit.techniques.quantize.calibrate import Method, compute_range
 from slimkit.techniques.quantize.primitives import affine_params
-from slimkit.techniques.quantize.weight_layers import Feed, run_with
+from slimkit.techniques.quantize.weight_layers import Feed
 
 BINS = 2048
 
 
-def input_ranges(module: nn.Module, feed: Feed, layers: dict[str, nn.Module],
-                 method: Method, percentile: float) -> dict[str, tuple[float, float]]:
-    """Each layer's input range on the calibration data: one pass for the extremes, one for
-    histograms inside them."""
-    lo: dict[str, float] = {}
-    hi: dict[str, float] = {}
+def input_ranges(module: nn.Module, feed: Feed, layers: list[str], method: Method,
+                 percentile: float) -> dict[str, tuple[float, float]]:
+    """Each named layer's input range on the calibration data: one pass for the extremes,
+    one for histograms on exactly that range (as static_int8 collects on the ONNX graph)."""
 
-    def extremes(name: str) -> Callable[[torch.Tensor], None]:
-        def note(x: torch.Tensor) -> None:
-            lo[name] = min(lo.get(name, np.inf), float(x.min()))
-            hi[name] = max(hi.get(name, -np.inf), float(x.max()))
-        return note
+    def pass_(requests: list[Request]) -> dict[str, Any]:
+        return collect(module, feed.data, feed.names, requests, batch_size=feed.batch_size,
+                       title="activation ranges")
 
-    run_with(module, feed, {layer: extremes(n) for n, layer in layers.items()})
-    hists = {n: Histogram(np.zeros(BINS), np.linspace(lo[n], max(hi[n], lo[n] + 1e-6), BINS + 1),
-                          lo[n], hi[n]) for n in layers}
+    extremes = pass_([Request(layers, {"range": MinMax})])
 
-    def count(name: str) -> Callable[[torch.Tensor], None]:
-        return lambda x: hists[name].add(x.detach().float().numpy())
+    def fixed(name: str) -> Any:
+        lo, hi = extremes[name].inputs["range"].range()
+        return lambda: HistogramObserver(BINS, lo, hi)
 
-    run_with(module, feed, {layer: count(n) for n, layer in layers.items()})
-    return {n: compute_range(h, method, percentile=percentile) for n, h in hists.items()}
+    hists = pass_([Request([n], {"histogram": fixed(n)}) for n in layers])
+    return {n: compute_range(hists[n].inputs["histogram"].histogram(), method,
+                             percentile=percentile) for n in layers}
 
 
-def quantize_inputs(layers: dict[str, nn.Module],
-                    ranges: dict[str, tuple[float, float]]) -> list[Any]:
-    """Hooks that round each layer's input to uint8 on its range; remove them when done."""
-    handles = []
+def rounding_hooks(layers: dict[str, nn.Module], ranges: dict[str, tuple[float, float]],
+                   ) -> list[tuple[nn.Module, Any]]:
+    """Pre-hooks that round each layer's input to uint8 on its range (see `forward_hooks`)."""
+    hooks = []
     for name, layer in layers.items():
         lo, hi = ranges[name]
         scale, zero = affine_params(min(lo, 0.0), max(hi, 0.0), 8, False, signed=False)
@@ -63,5 +58,5 @@ def quantize_inputs(layers: dict[str, nn.Module],
             x = torch.fake_quantize_per_tensor_affine(args[0].float(), s, z, 0, 255)
             return (x, *args[1:])
 
-        handles.append(layer.register_forward_pre_hook(hook))
-    return handles
+        hooks.append((layer, hook))
+    return hooks

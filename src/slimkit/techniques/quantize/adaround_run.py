@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from slimkit.hooks import forward_hooks
 from slimkit.registry import StepContext
 from slimkit.techniques.quantize.adaround_data import (
     Moments,
@@ -79,7 +80,6 @@ class Run:
         self._resume()
         self.resumed = len(self.rows)
         self.acts_simulated = config.inputs == "quantized" and config.activations
-        self.hooks: list[Any] = []
 
     def _resume(self) -> None:
         from slimkit.train import checkpoint
@@ -106,15 +106,16 @@ class Run:
         """Round every layer not in the checkpoint, until done or out of time."""
         names = list(self.layers)
         todo = names[len(self.rows):]
+        hooks: list[Any] = []
         if todo and self.acts_simulated:
-            from slimkit.techniques.quantize.adaround_acts import input_ranges, quantize_inputs
+            from slimkit.techniques.quantize.adaround_acts import input_ranges, rounding_hooks
 
             advance(0, "activation ranges")
             c = self.config
-            ranges = input_ranges(self.floats, self.feed, {
-                n: self.float_layers[n] for n in names}, c.activation_calibration, c.percentile)
-            self.hooks = quantize_inputs(self.layers, ranges)
-        try:
+            ranges = input_ranges(self.floats, self.feed, names, c.activation_calibration,
+                                  c.percentile)
+            hooks = rounding_hooks(self.layers, ranges)
+        with forward_hooks(hooks, pre=True):
             for chunk in self._chunks(todo):
                 if self._late():
                     return
@@ -125,9 +126,6 @@ class Run:
                     if self._late():
                         return
                     self._round(name, data.pop(name), advance)
-        finally:
-            for h in self.hooks:
-                h.remove()
 
     def _chunks(self, todo: list[str]) -> Iterator[list[str]]:
         if self.config.inputs == "quantized":

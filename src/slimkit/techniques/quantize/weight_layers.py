@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import TechniqueError
+from slimkit.hooks import forward_hooks
 
 if TYPE_CHECKING:
     from slimkit.dataset import Dataset
@@ -134,30 +135,20 @@ def inputs_at(module: nn.Module, feed: Feed, layer: nn.Module) -> Iterator[torch
 def run_with(module: nn.Module, feed: Feed,
              hooks: dict[nn.Module, Callable[[torch.Tensor], None]]) -> None:
     """One full pass over the data, handing each layer's input to its hook."""
-    handles = [m.register_forward_pre_hook(lambda _m, args, f=f: f(args[0]))
-               for m, f in hooks.items()]
-    try:
-        with torch.no_grad():
-            for batch in feed.batches():
-                module(*batch)
-    finally:
-        for h in handles:
-            h.remove()
+    pre = [(m, lambda _m, args, f=f: f(args[0])) for m, f in hooks.items()]
+    with forward_hooks(pre, pre=True), torch.no_grad():
+        for batch in feed.batches():
+            module(*batch)
 
 
 def output_means(module: nn.Module, feed: Feed,
                  layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """Each layer's output averaged per output channel over the data, in one full pass."""
     sums: dict[str, ChannelMean] = {n: ChannelMean() for n in layers}
-    hooks = [m.register_forward_hook(lambda m, _a, out, n=n: sums[n].add(out, m))
-             for n, m in layers.items()]
-    try:
-        with torch.no_grad():
-            for batch in feed.batches():
-                module(*batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    hooks = [(m, lambda m, _a, out, n=n: sums[n].add(out, m)) for n, m in layers.items()]
+    with forward_hooks(hooks), torch.no_grad():
+        for batch in feed.batches():
+            module(*batch)
     return {n: s.mean() for n, s in sums.items()}
 
 
