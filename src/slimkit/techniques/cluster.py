@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 from dataclasses import dataclass
-from types import MethodType
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
@@ -277,21 +276,19 @@ def _fine_tune(module: nn.Module, layers: dict[str, nn.Module], shared: dict[str
     frozen = [p for p in module.parameters() if p.requires_grad and p.dim() > 1]
     for p in frozen:
         p.requires_grad_(False)
-    # The student trains as it will run, as the teacher runs: normalisation statistics held
-    # (batch statistics would train centroids for other inputs than eval mode gives) and no
-    # dropout. The loop's `train()` is made a no-op for the length of the fine-tuning.
-    module.train = MethodType(lambda self, mode=True: nn.Module.train(self, False), module)
     try:
         for name, layer in layers.items():
             parametrize.register_parametrization(layer, "weight", _decoder(shared[name]),
                                                  unsafe=True)
+        # train_mode False: the student trains as it will run, as the teacher runs (batch
+        # statistics would train centroids for other inputs than eval mode gives)
         settings = TrainSettings(epochs=config.epochs, lr=config.lr,
                                  batch_size=config.batch_size, seed=config.seed,
-                                 max_minutes=config.max_minutes, checkpoint_dir=ctx.checkpoints)
+                                 max_minutes=config.max_minutes, checkpoint_dir=ctx.checkpoints,
+                                 train_mode=False)
         result = recover(module, teacher, ctx.data, Objective(loss="mse"), settings,
                          title="centroid fine-tuning", owner="cluster").fit
     finally:
-        del module.train
         for layer in layers.values():
             if parametrize.is_parametrized(layer, "weight"):
                 parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)

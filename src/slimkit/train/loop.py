@@ -150,7 +150,7 @@ class TrainRun:
         s, size = self.state, self.local_batch
         order = batches.epoch_order(self.n, self.settings.seed, s.epoch, self.world, self.rank,
                                     self.lengths, size * self.world)
-        self.module.train()
+        self.module.train(self.settings.train_mode)
         self.mark = time.monotonic()
         for b in range(s.batch, self.steps_per_epoch):
             value = self.step(order[b * size:(b + 1) * size])

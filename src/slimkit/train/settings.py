@@ -28,6 +28,9 @@ class TrainSettings:
     schedule: Literal["constant", "linear"] = "constant"
     warmup: float = 0.06
     device: str = "cpu"
+    # False: the module trains as it runs (normalisation statistics held, no dropout), for
+    # fine-tuning a few parameters of a trained model against its own eval-mode teacher
+    train_mode: bool = True
     # Token data: the name of the padding-mask input and of every other input whose axis 1 is
     # the token axis. Batches then hold texts of similar length and are cut to their longest text,
     # so a step does not pay for padding (about half the work on typical prose at 128 tokens).
