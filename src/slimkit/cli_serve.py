@@ -30,6 +30,14 @@ def serve(
     api_key_file: Annotated[Path | None, typer.Option(
         help="file holding the key clients send as 'Authorization: Bearer KEY'; required "
              "for a non-loopback --host")] = None,
+    replicas: Annotated[int, typer.Option(
+        help="copies of the model, each with its own batcher; the cores are split between "
+             "them unless --threads is given")] = 1,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="replicas on Ray Serve (a local Ray instance unless --ray-address)")
+                   ] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        help="an existing Ray cluster, e.g. ray://head:10001 or auto")] = None,
 ) -> None:
     """Serve MODEL_DIR over HTTP with dynamic batching: POST /v1/predict, POST /v1/embed
     (text models), GET /health, GET /metrics."""
@@ -42,7 +50,22 @@ def serve(
     options = ServeOptions(runtime=runtime, host=host, port=port, threads=threads,
                            api_key_file=api_key_file, batch=batch)
     try:
-        run_server(model_dir, options)
+        if replicas < 1:
+            raise ConfigError(f"--replicas {replicas}: must be at least 1")
+        if ray_address is not None and not ray:
+            raise ConfigError("--ray-address: only with --ray")
+        if ray:
+            from slimkit.serve.ray_serve import serve_on_ray
+
+            serve_on_ray(model_dir, options, replicas, ray_address)
+        elif replicas > 1:
+            from slimkit.serve.replicas import serve_replicas
+            from slimkit.serve.server import check_options, load_served
+
+            load_served(model_dir, options, check_options(options))  # errors as one line
+            serve_replicas(model_dir, options, replicas)
+        else:
+            run_server(model_dir, options)
     except SlimkitError as e:
         fail(e)
 

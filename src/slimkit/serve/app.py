@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -95,7 +96,8 @@ def build_app(served: Served, options: BatchOptions) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": served.name, "runtime": served.runtime,
                              "inputs": [i.model_dump() for i in served.inputs],
-                             "text": served.text is not None, "max_batch": options.max_batch})
+                             "text": served.text is not None, "max_batch": options.max_batch,
+                             "replica": os.getpid()})
 
     async def show_metrics(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
