@@ -166,9 +166,10 @@ def _placement(ref: ModelRef, cand: CandidateConfig) -> str | None:
         source = ref.resolved_format()
     except (SlimkitError, OSError, ValueError):
         return None  # reported in its own words when the model is loaded
-    start: Format = "torch" if source == "hf" else source
+    from slimkit.formats import get_format, reachable  # no torch; needed only with candidates
+
+    start: Format = get_format(source).loads_as or source  # type: ignore[assignment]
     target = runtime_format(cand.runtime)
-    from slimkit.formats import reachable  # no torch; the planner is needed only with steps
 
     model = f"{'an' if start[0] in 'aeiou' else 'a'} {start} model"
     if target != start and target not in reachable(start):

@@ -11,6 +11,7 @@ from slimkit.formats.base import Format, Model, ModelRef, first_line, register_f
 
 class HfFormat(Format):
     name = "hf"
+    loads_as = "torch"
 
     def claims(self, source: str) -> bool:
         path = Path(source)

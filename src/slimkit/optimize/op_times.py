@@ -180,7 +180,9 @@ def openvino_times(model: FileModel, batches: list[dict[str, np.ndarray]], warm:
     compiled = ov.Core().compile_model(str(model.path), "CPU", config)
     paths = _exec_paths(compiled.get_runtime_model(), path_of)
     request = compiled.create_infer_request()
-    names = [p.get_any_name() for p in compiled.inputs]
+    fed = batches[0] if batches else {}  # an input may have gained names in compiling
+    names = [next((n for n in sorted(p.get_names()) if n in fed), p.get_any_name())
+             for p in compiled.inputs]
     walls, latency = [], 0.0
     warm_means: dict[tuple[str, str], float] = {}
     for k, feeds in enumerate(batches):

@@ -18,9 +18,13 @@ from slimkit.runtimes.base import Runtime, Session
 
 
 class OvSession(Session):
-    def __init__(self, compiled: ov.CompiledModel) -> None:
+    def __init__(self, compiled: ov.CompiledModel, names: list[str] | None = None) -> None:
         self.request = compiled.create_infer_request()
-        self.names = [p.get_any_name() for p in compiled.inputs]
+        # Compiling can give an input more names (a no-op Reshape after it is folded away, as
+        # in tf2onnx's graphs); the one the model's signature uses is the one fed.
+        wanted = set(names or ())
+        self.names = [next((n for n in sorted(p.get_names()) if n in wanted), p.get_any_name())
+                      for p in compiled.inputs]
         self.outputs = list(compiled.outputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -44,7 +48,7 @@ class OpenVinoRuntime(Runtime):
             compiled = ov.Core().compile_model(str(model.path), "CPU", config)
         except Exception as e:
             raise ModelLoadError(f"{model.path}: OpenVINO cannot compile it ({e})") from e
-        return OvSession(compiled)
+        return OvSession(compiled, [i.name for i in model.inputs])
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": "openvino", "version": ov.get_version(), "device": "CPU",
