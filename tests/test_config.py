@@ -125,10 +125,10 @@ def test_bad_step_option_value() -> None:
 
 def test_unknown_runtime() -> None:
     raw = raw_recipe()
-    raw["candidates"][1]["runtime"] = "tensorrt"
+    raw["candidates"][1]["runtime"] = "tvm"
     msg = config_error(raw)
     assert "candidates[1].runtime" in msg
-    assert "unknown runtime 'tensorrt'" in msg
+    assert "unknown runtime 'tvm'" in msg
     assert "onnxruntime" in msg  # lists the known ones
 
 
@@ -238,9 +238,9 @@ def test_every_technique_round_trips_in_a_recipe(tag: str) -> None:
     # the last runtime the step can be placed before (a recipe that misplaces it is refused)
     targets = set().union(*((i.targets or {"torch", "onnx", "openvino"})
                             for i in implementations(config_class(tag)()).values()))
-    runtime = next(r for r in ("openvino", "onnxruntime", "torch")
-                   if {"openvino": "openvino", "onnxruntime": "onnx", "torch": "torch"}[r]
-                   in targets)
+    runtime = next(r for r in ("openvino", "onnxruntime", "torch", "litert")
+                   if {"openvino": "openvino", "onnxruntime": "onnx", "torch": "torch",
+                       "litert": "litert"}[r] in targets)
     raw["candidates"] = [{"name": "c", "runtime": runtime, "steps": [{"technique": tag}]}]
     recipe = parse_recipe(raw)
     assert parse_recipe(yaml.safe_load(recipe.to_yaml())) == recipe

@@ -26,69 +26,69 @@ from slimkit.formats import (
 
 def test_path_torch_to_openvino_goes_through_onnx() -> None:
     assert path_between("torch", "openvino") == ["torch", "onnx", "openvino"]
-    assert reachable("torch") == ["onnx", "openvino"]
+    assert reachable("torch") == ["litert", "onnx", "openvino"]
 
 
-def _fake_litert(model: Model, workdir: Path, example: object = None) -> Model:
+def _fake_ncnn(model: Model, workdir: Path, example: object = None) -> Model:
     assert isinstance(model, FileModel)
-    out = workdir / "model.tflite"
+    out = workdir / "model.ncnn"
     out.write_bytes(model.path.read_bytes())
-    return FileModel("litert", out, model.inputs)  # type: ignore[arg-type]
+    return FileModel("ncnn", out, model.inputs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def litert_edge() -> Iterator[None]:
-    converter("onnx", "litert")(_fake_litert)
+def ncnn_edge() -> Iterator[None]:
+    converter("onnx", "ncnn")(_fake_ncnn)
     try:
         yield
     finally:
-        unregister_converter("onnx", "litert")
+        unregister_converter("onnx", "ncnn")
 
 
-def test_a_registered_edge_makes_a_new_path(litert_edge: None, tmp_path: Path) -> None:
-    assert path_between("torch", "litert") == ["torch", "onnx", "litert"]
-    assert "litert" in reachable("onnx")
+def test_a_registered_edge_makes_a_new_path(ncnn_edge: None, tmp_path: Path) -> None:
+    assert path_between("torch", "ncnn") == ["torch", "onnx", "ncnn"]
+    assert "ncnn" in reachable("onnx")
     src = tmp_path / "m.onnx"
     src.write_bytes(b"graph")
-    out = convert(FileModel("onnx", src, []), "litert", tmp_path)
-    assert out.format == "litert" and out.path.read_bytes() == b"graph"
+    out = convert(FileModel("onnx", src, []), "ncnn", tmp_path)
+    assert out.format == "ncnn" and out.path.read_bytes() == b"graph"
 
 
-def test_a_direct_edge_is_preferred_and_then_unregistered(litert_edge: None) -> None:
-    converter("torch", "litert")(_fake_litert)
+def test_a_direct_edge_is_preferred_and_then_unregistered(ncnn_edge: None) -> None:
+    converter("torch", "ncnn")(_fake_ncnn)
     try:
-        assert path_between("torch", "litert") == ["torch", "litert"]
+        assert path_between("torch", "ncnn") == ["torch", "ncnn"]
     finally:
-        unregister_converter("torch", "litert")
-    assert path_between("torch", "litert") == ["torch", "onnx", "litert"]
+        unregister_converter("torch", "ncnn")
+    assert path_between("torch", "ncnn") == ["torch", "onnx", "ncnn"]
 
 
 def test_an_edge_gone_takes_its_path_with_it() -> None:
-    converter("onnx", "litert")(_fake_litert)
-    unregister_converter("onnx", "litert")
-    with pytest.raises(TechniqueError, match="unknown format 'litert'"):
-        path_between("torch", "litert")
+    converter("onnx", "ncnn")(_fake_ncnn)
+    unregister_converter("onnx", "ncnn")
+    with pytest.raises(TechniqueError, match="unknown format 'ncnn'"):
+        path_between("torch", "ncnn")
 
 
-def test_the_way_from_a_format_on_a_path_is_the_rest_of_it(litert_edge: None) -> None:
+def test_the_way_from_a_format_on_a_path_is_the_rest_of_it(ncnn_edge: None) -> None:
     # two ways of equal length: the planner may stop at onnx and must carry on the same way
-    converter("torch", "tvm")(_fake_litert)
-    converter("tvm", "litert")(_fake_litert)
+    converter("torch", "tvm")(_fake_ncnn)
+    converter("tvm", "ncnn")(_fake_ncnn)
     try:
-        full = path_between("torch", "litert")
+        full = path_between("torch", "ncnn")
         for k, fmt in enumerate(full):
-            assert path_between(fmt, "litert") == full[k:]
+            assert path_between(fmt, "ncnn") == full[k:]
     finally:
         unregister_converter("torch", "tvm")
-        unregister_converter("tvm", "litert")
+        unregister_converter("tvm", "ncnn")
 
 
-def test_a_missing_path_is_refused_in_one_line(litert_edge: None) -> None:
+def test_a_missing_path_is_refused_in_one_line(ncnn_edge: None) -> None:
     with pytest.raises(TechniqueError) as back:
         path_between("openvino", "torch")
     assert "cannot be turned back" in str(back.value)
     assert "reachable from openvino: none" in str(back.value)
-    converter("torch", "tflm")(_fake_litert)
+    converter("torch", "tflm")(_fake_ncnn)
     try:
         with pytest.raises(TechniqueError) as aside:
             path_between("onnx", "tflm")
@@ -96,14 +96,14 @@ def test_a_missing_path_is_refused_in_one_line(litert_edge: None) -> None:
         unregister_converter("torch", "tflm")
     text = str(aside.value)
     assert "no conversion leads from onnx to tflm" in text
-    assert "openvino" in text and "litert" in text
+    assert "openvino" in text and "ncnn" in text
     for e in (back.value, aside.value):
         assert "\n" not in str(e)
 
 
 def test_a_registered_edge_is_not_registered_twice() -> None:
     with pytest.raises(ValueError, match="registered already"):
-        converter("torch", "onnx")(_fake_litert)
+        converter("torch", "onnx")(_fake_ncnn)
 
 
 def test_convert_refuses_an_edge_that_is_not_there(tmp_path: Path) -> None:

@@ -90,12 +90,12 @@ def compress(model: Model | ModelRef | str, steps: list[TechniqueConfig | dict[s
 
 def export(model: Model | ModelRef | str, to: Format | str, output: Path,
            *, cache_dir: Path | None = None, trust_code: bool = False) -> Path:
-    """Export to `onnx` or `openvino`; returns the artifact directory.
+    """Export to `onnx`, `openvino` or `litert`; returns the artifact directory.
 
     `output` must be new, empty or an earlier artifact: a folder holding anything else is
     refused before any work. `trust_code` as in `compress`."""
-    if to not in ("onnx", "openvino"):
-        raise ConfigError(f"--to {to!r}: choose onnx or openvino")
+    if to not in ("onnx", "openvino", "litert"):
+        raise ConfigError(f"--to {to!r}: choose onnx, openvino or litert")
     check_output_folder(Path(output))
     m = _model(model, trust_code)
     built = build(m, model_key(m), [], to, Cache(cache_dir))  # type: ignore[arg-type]
@@ -155,7 +155,8 @@ def benchmark(models: list[str], *, options: BenchmarkOptions | None = None,
             "baseline": targets[0].name}
 
 
-DEFAULT_METHOD = {"onnxruntime": "dynamic_int8", "openvino": "nncf_int8", "torch": "torchao"}
+DEFAULT_METHOD = {"onnxruntime": "dynamic_int8", "openvino": "nncf_int8", "torch": "torchao",
+                  "litert": "litert_int8"}
 
 
 class CompareOptions(BaseModel):

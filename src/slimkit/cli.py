@@ -148,12 +148,12 @@ def _parse_dim(text: str) -> tuple[str, int]:
 
 @app.command()
 def export(model: Annotated[str, typer.Argument(help="model source")],
-           to: Annotated[str, typer.Option(help="onnx or openvino")] = "onnx",
+           to: Annotated[str, typer.Option(help="onnx, openvino or litert")] = "onnx",
            output: Annotated[Path, typer.Option(
                "--output", "-o", help="a new or empty folder, or an earlier export")
            ] = Path("exported"),
            trust_code: TrustOption = False) -> None:
-    """Export a model to ONNX or OpenVINO IR as a slimkit artifact directory."""
+    """Export a model to ONNX, OpenVINO IR or LiteRT as a slimkit artifact directory."""
     from slimkit.api import export as api_export
 
     try:
@@ -371,7 +371,8 @@ def list_() -> None:
         except SlimkitError as e:  # an installed plugin that does not load
             print(f"technique:  {name} (not loadable: {e})")
             continue
-        fmts = ", ".join(implementations(cls.model_construct()))
+        fmts = ", ".join(f"{f} → {i.makes}" if i.makes else f
+                         for f, i in implementations(cls.model_construct()).items())
         opts = ", ".join(k for k in cls.model_fields if k != "technique")
         print(f"technique:  {name} [{fmts}] options: {opts}")
 

@@ -20,7 +20,7 @@ from importlib import metadata
 from typing import Any
 
 _PACKAGES = ["slimkit", "torch", "onnx", "onnxruntime", "openvino", "nncf", "torchao",
-             "transformers", "numpy"]
+             "ai-edge-litert", "litert-torch", "transformers", "numpy"]
 FEATURES_ENV = "SLIMKIT_CPU_FEATURES"
 
 # The features that choose kernels in ONNX Runtime (MLAS), oneDNN/OpenVINO and torch.

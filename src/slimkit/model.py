@@ -1,10 +1,11 @@
 """Models and how to load them.
 
 A model arrives as a Python factory (`package.module:function`), a Hugging Face directory, an
-`.onnx` file or an OpenVINO IR `.xml`. Whatever the source, the loaded model carries its input
-signature, so data, export and benchmarks never guess names, dtypes or dynamic axes. Each
-source is a registered format (`slimkit.formats`); this module is the public face of them.
-`Format` here names a format (the type of `model.format`); the objects are
+`.onnx` file, an OpenVINO IR `.xml`, a LiteRT `.tflite`, or a TensorFlow model (`.keras` or
+SavedModel directory, converted to ONNX on loading). Whatever the source, the loaded model
+carries its input signature, so data, export and benchmarks never guess names, dtypes or dynamic
+axes. Each source is a registered format (`slimkit.formats`); this module is the public face
+of them. `Format` here names a format (the type of `model.format`); the objects are
 `slimkit.formats.Format`.
 """
 

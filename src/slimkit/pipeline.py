@@ -131,6 +131,12 @@ def plan(start: Format, steps: list[TechniqueConfig], target: Format) -> list[Fo
             )
         at = supported[-1]
         formats.append(route[at])  # type: ignore[arg-type]
+        made = impls[route[at]].output
+        if made != route[at]:  # a step that converts as it goes: the next ones run after it
+            if made not in route[at:]:
+                raise TechniqueError(f"{config.technique} gives a {made} model, which is not on "
+                                     f"the way from {route[0]} to {target}")
+            at = route.index(made, at)
     return formats
 
 

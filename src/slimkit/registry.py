@@ -10,6 +10,8 @@ An `apply` returns the new model, or a `StepResult` with what should be recorded
 plus what a rebuild needs: kept channels, chosen layers) and the step's report. The pipeline, not
 the technique, appends the record to a torch model's lineage and stores the report; a cached
 artifact is rebuilt through `apply_step` as well, so a fresh build and a rebuild share one path.
+A step keeps its model's format, except one registered with `makes`: a quantizer that only
+works while converting (LiteRT's, from torch) takes the model in one format and gives another.
 """
 
 from __future__ import annotations
@@ -127,6 +129,12 @@ class Implementation:
     # Rebuild the structure from the record alone (no data), before weights are loaded.
     # None means `apply` itself is deterministic and data-free, so it serves as the rebuild.
     rebuild: Apply | None = None
+    # The format the step gives, when not the one it takes (None: the same).
+    makes: Format | None = None
+
+    @property
+    def output(self) -> Format:
+        return self.makes or self.format
 
 
 _CONFIGS: dict[str, type[TechniqueConfig]] = {}
@@ -135,8 +143,9 @@ _IMPLS: dict[type[TechniqueConfig], dict[str, Implementation]] = {}
 
 def technique(config: type[TechniqueConfig], *, format: Format, requires_data: bool = False,
               rebuild: Apply | None = None,
-              targets: set[str] | None = None) -> Callable[[Apply], Apply]:
-    """Register `apply` for `config` on models of `format`."""
+              targets: set[str] | None = None,
+              makes: Format | None = None) -> Callable[[Apply], Apply]:
+    """Register `apply` for `config` on models of `format`, giving models of `makes`."""
     tag = config.model_fields["technique"].default
     if not isinstance(tag, str):
         raise TypeError(f"{config.__name__}.technique needs a string default")
@@ -149,7 +158,8 @@ def technique(config: type[TechniqueConfig], *, format: Format, requires_data: b
 
     def deco(fn: Apply) -> Apply:
         _IMPLS.setdefault(config, {})[format] = Implementation(
-            fn, format, requires_data, frozenset(targets) if targets else None, rebuild)
+            fn, format, requires_data, frozenset(targets) if targets else None, rebuild,
+            makes if makes != format else None)
         return fn
 
     return deco
@@ -260,7 +270,7 @@ def apply_step(impl: Implementation, model: Model, config: TechniqueConfig, ctx:
     out = fn(model, config, ctx)
     result = out if isinstance(out, StepResult) else StepResult(out)
     made = result.model
-    if made.format != impl.format:  # a conversion is the format graph's job, not a step's
+    if made.format != impl.output:  # a conversion is the format graph's job, not a step's
         raise TechniqueError(f"{config.technique} on a {impl.format} model gave a {made.format} "
                              f"model")
     if isinstance(made, TorchModel):

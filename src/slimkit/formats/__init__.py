@@ -1,10 +1,20 @@
 """Model formats as objects, and conversions as a graph between them.
 
-Importing the package registers the built-in formats (torch, hf, onnx, openvino) and their
-conversions; each module imports its heavy library (torch, onnx, openvino) only when used.
+Importing the package registers the built-in formats (torch, hf, onnx, openvino, tensorflow,
+litert) and their conversions; each module imports its heavy library (torch, onnx, openvino,
+tensorflow, litert-torch) only when used.
 """
 
-from slimkit.formats import hf, onnx, onnx_export, openvino, torch
+from slimkit.formats import (
+    hf,
+    litert,
+    litert_export,
+    onnx,
+    onnx_export,
+    openvino,
+    tensorflow,
+    torch,
+)
 from slimkit.formats.base import (
     FileFormat,
     FileModel,
@@ -33,6 +43,7 @@ from slimkit.formats.graph import (
 __all__ = [
     "EXPORT_VERSION", "FileFormat", "FileModel", "Format", "FormatName", "InputSpec", "Model",
     "ModelRef", "TorchModel", "convert", "converter", "edges", "format_names", "get_format", "hf",
-    "infer_format", "onnx", "onnx_export", "openvino", "path_between", "reachable",
-    "register_format", "torch", "unregister_converter", "unregister_format",
+    "infer_format", "litert", "litert_export", "onnx", "onnx_export", "openvino", "path_between",
+    "reachable", "register_format", "tensorflow", "torch", "unregister_converter",
+    "unregister_format",
 ]

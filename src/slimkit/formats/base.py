@@ -22,8 +22,8 @@ from slimkit.errors import ModelLoadError
 if TYPE_CHECKING:
     import torch
 
-FormatName = Literal["torch", "onnx", "openvino"]
-SourceFormat = Literal["torch", "hf", "onnx", "openvino"]
+FormatName = Literal["torch", "onnx", "openvino", "litert"]
+SourceFormat = Literal["torch", "hf", "onnx", "openvino", "litert", "tensorflow"]
 Head = Literal["embedding", "classification", "base"]
 
 # Longest path Linux accepts; anything longer fails only when a file is opened.
@@ -93,7 +93,7 @@ class TorchModel:
 
 @dataclass
 class FileModel:
-    """A model that lives in files (ONNX or OpenVINO IR) with its input signature.
+    """A model that lives in files (ONNX, OpenVINO IR, LiteRT) with its input signature.
 
     `session_options` are runtime settings that belong to the artifact, such as OpenVINO's
     inference precision for a bf16 candidate.
@@ -121,6 +121,9 @@ class Format:
     files: ClassVar[tuple[str, ...]] = ()
     # How a source path names this format, when its suffix alone does (".onnx").
     suffix: ClassVar[str | None] = None
+    # The format a source of this format is once loaded, when not this one (a Hugging Face
+    # directory loads as a torch model); the planner starts from it.
+    loads_as: ClassVar[FormatName | None] = None
 
     def claims(self, source: str) -> bool:
         """Whether `source`, as a user wrote it, is a model of this format."""
@@ -241,7 +244,7 @@ def _infer_format(source: str) -> SourceFormat:
     path = Path(source)
     if path.is_dir():
         raise ModelLoadError(f"{shown(source)}: directory has no config.json (not a Hugging "
-                             f"Face model)")
+                             f"Face model) nor saved_model.pb (not a TensorFlow SavedModel)")
     if not path.exists():
         raise ModelLoadError(f"{shown(source)}: no such file or directory")
     known = ", ".join(f.suffix for f in _FORMATS.values() if f.suffix)

@@ -12,6 +12,9 @@ _LOAD = {
     "openvino": ('import openvino as ov\n'
                  'compiled = ov.Core().compile_model("best/model.xml", "CPU")\n'
                  'outputs = compiled(inputs)  # inputs: name -> numpy array'),
+    "litert": ('from ai_edge_litert.interpreter import Interpreter\n'
+               'runner = Interpreter(model_path="best/model.tflite").get_signature_runner()\n'
+               'outputs = runner(**inputs)  # inputs: argument name -> numpy array'),
     "torch": ('from slimkit.artifact import load_artifact\n'
               'model = load_artifact("best", trust_code=True)  # rebuilds the module\n'
               'outputs = model.module(**inputs)'),

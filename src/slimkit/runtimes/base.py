@@ -52,6 +52,8 @@ _RUNTIMES: dict[str, tuple[str, str, Format]] = {
     "torch": ("slimkit.runtimes.torch", "TorchRuntime", "torch"),
     "onnxruntime": ("slimkit.runtimes.onnxruntime", "OrtRuntime", "onnx"),
     "openvino": ("slimkit.runtimes.openvino", "OpenVinoRuntime", "openvino"),
+    "litert": ("slimkit.runtimes.litert", "LiteRtRuntime", "litert"),
+    "tensorrt": ("slimkit.runtimes.tensorrt", "TensorRtRuntime", "onnx"),
 }
 
 
