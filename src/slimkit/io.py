@@ -96,3 +96,8 @@ def sha256_path(path: Path) -> str:
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
+
+def default_cache_dir() -> Path:
+    """The cache every build shares unless a recipe names another: here, below the pipeline,
+    so a format that caches its own conversions need not import the pipeline."""
+    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))

@@ -8,7 +8,6 @@ rerun, a resumed run or another worker skips it; an interrupted step leaves noth
 from __future__ import annotations
 
 import copy
-import os
 import resource
 import shutil
 import time
@@ -22,7 +21,7 @@ from slimkit.artifact import REPORT_JSON, is_artifact, load_artifact, save_artif
 from slimkit.data import Dataset
 from slimkit.errors import TechniqueError
 from slimkit.export import EXPORT_VERSION, convert, path_between
-from slimkit.io import atomic_dir, atomic_write_json, sha256_json
+from slimkit.io import atomic_dir, atomic_write_json, default_cache_dir, sha256_json
 from slimkit.model import Format, Model, TorchModel
 from slimkit.registry import (
     Implementation,
@@ -31,10 +30,6 @@ from slimkit.registry import (
     apply_step,
     implementations,
 )
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
 
 
 @dataclass

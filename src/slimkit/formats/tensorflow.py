@@ -86,8 +86,7 @@ def check_installed(path: Path) -> None:
 def converted_path(path: Path) -> Path:
     """Where the source's ONNX conversion is cached: keyed by the source's bytes, the opset,
     and tf2onnx's version, whose conversions differ between releases."""
-    from slimkit.io import sha256_json, sha256_path
-    from slimkit.pipeline import default_cache_dir
+    from slimkit.io import default_cache_dir, sha256_json, sha256_path
 
     key = sha256_json({"source": sha256_path(path), "opset": OPSET, "v": CONVERT_VERSION,
                        "tf2onnx": _version("tf2onnx")})
