@@ -11,9 +11,9 @@ import pytest
 HEAVY = ["onnxruntime", "openvino", "transformers", "torch"]
 
 
-def loaded_after(code: str) -> list[str]:
-    """The heavy modules present in sys.modules after running `code` in a fresh interpreter."""
-    report = f"import json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+def loaded_after(code: str, modules: list[str] = HEAVY) -> list[str]:
+    """Which of `modules` are in sys.modules after running `code` in a fresh interpreter."""
+    report = f"import json, sys\nprint(json.dumps([m for m in {modules!r} if m in sys.modules]))"
     probe = f"{code}\n{report}"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=120, check=False)

@@ -7,8 +7,6 @@ exported once, and the digits candidates are built once by the CLI run the later
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +23,9 @@ from slimkit.pipeline import Cache, build, model_key, plan
 from slimkit.runtimes.base import RuntimeOptions, get_runtime
 from slimkit.techniques.cast import Cast
 from slimkit.techniques.quantize.litert import LitertInt8
+from tests.e2e.test_digits_run import slimkit
 from tests.models import batch, eager, tiny_cnn
+from tests.test_import import loaded_after
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
@@ -98,12 +98,9 @@ def test_without_the_extra_one_line_names_it(tiny: tuple[TorchModel, Path],
 
 
 def test_importing_slimkit_loads_no_litert_library() -> None:
-    code = ("import json, sys\nimport slimkit, slimkit.formats, slimkit.runtimes.litert, "
-            "slimkit.techniques.quantize.litert\nprint(json.dumps([m for m in ('litert_torch', "
-            "'ai_edge_litert', 'tensorflow') if m in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    code = ("import slimkit, slimkit.formats, slimkit.runtimes.litert, "
+            "slimkit.techniques.quantize.litert")
+    assert loaded_after(code, ["litert_torch", "ai_edge_litert", "tensorflow"]) == []
 
 
 def test_litert_int8_converts_as_it_goes() -> None:
@@ -134,12 +131,6 @@ def test_static_int8_needs_calibration_data(tmp_path: Path) -> None:
 def step_report(candidate: dict, technique: str) -> dict:
     (found,) = [r for r in candidate["details"].values() if r["technique"] == technique]
     return found
-
-
-def slimkit(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SLIMKIT_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "slimkit.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=900)
 
 
 @pytest.fixture(scope="module")

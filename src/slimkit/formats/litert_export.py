@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimkit.errors import TechniqueError
-from slimkit.formats.base import FileModel, Model, TorchModel, get_format
+from slimkit.formats.base import FileModel, Model, TorchModel, first_line, get_format
 from slimkit.formats.graph import converter
 from slimkit.formats.litert import INSTALL, open_interpreter, quiet
 
@@ -72,7 +72,7 @@ def to_litert(model: TorchModel, path: Path, example: Dataset | None = None,
                               sample_kwargs=kwargs, quant_config=quant_config)
             edge.export(str(path))
     except Exception as e:
-        raise TechniqueError(f"LiteRT export failed: {_line(e)}") from e
+        raise TechniqueError(f"LiteRT export failed: {first_line(e)}") from e
     free_batch(path, EXPORT_BATCH)
     _check_batch(path)
     return FileModel("litert", path, model.inputs, model.tokenizer)
@@ -152,9 +152,4 @@ def _check_batch(path: Path) -> None:
             it.invoke()
     except Exception as e:
         raise TechniqueError(f"the LiteRT model keeps its export batch of {EXPORT_BATCH} "
-                             f"({_line(e)})") from e
-
-
-def _line(e: BaseException) -> str:
-    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-    return (lines[0] if lines else type(e).__name__)[:300]
+                             f"({first_line(e)})") from e

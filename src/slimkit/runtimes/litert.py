@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from slimkit.errors import ModelLoadError, TechniqueError
+from slimkit.formats.base import first_line
 from slimkit.formats.litert import input_names, open_interpreter, quiet
 from slimkit.model import FileModel, Model
 from slimkit.runtimes.base import Runtime, Session
@@ -43,8 +44,8 @@ class LiteRtSession(Session):
                     self.it.resize_tensor_input(d["index"], list(s), strict=False)
                 self.it.allocate_tensors()
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TechniqueError(f"litert cannot run inputs of shapes {shapes} ({first})") from e
+            raise TechniqueError(f"litert cannot run inputs of shapes {shapes} "
+                                 f"({first_line(e)})") from e
         self.shapes = shapes
         self.inputs = self.it.get_input_details()
 

@@ -59,32 +59,31 @@ def check_qdq(path: Path) -> None:
 
 
 class TrtSession(Session):
-    def __init__(self, engine: Any, names: list[str]) -> None:
+    def __init__(self, engine: Any) -> None:
         import tensorrt as trt
         import torch
 
-        self.torch, self.trt = torch, trt
-        self.engine = engine
+        self.torch = torch
         self.context = engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         io = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        self.inputs = [n for n in io if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in io if n not in self.inputs]
-        self.names = names
+        # numpy dtypes of the inputs, torch dtypes of the outputs: looked up once, not per batch
+        self.inputs = {n: trt.nptype(engine.get_tensor_dtype(n)) for n in io
+                       if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+        self.outputs = {n: torch.from_numpy(np.zeros(1, trt.nptype(engine.get_tensor_dtype(n))
+                                                     )).dtype
+                        for n in io if n not in self.inputs}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         torch, ctx = self.torch, self.context
         keep = []
-        for name in self.inputs:
-            want = self.trt.nptype(self.engine.get_tensor_dtype(name))
+        for name, want in self.inputs.items():
             t = torch.from_numpy(np.ascontiguousarray(feeds[name], dtype=want)).cuda()
             ctx.set_input_shape(name, tuple(t.shape))
             ctx.set_tensor_address(name, t.data_ptr())
             keep.append(t)
         outs = []
-        for name in self.outputs:
-            dtype = torch.from_numpy(np.zeros(
-                1, self.trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+        for name, dtype in self.outputs.items():
             t = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=dtype, device="cuda")
             ctx.set_tensor_address(name, t.data_ptr())
             outs.append(t)
@@ -110,7 +109,7 @@ class TensorRtRuntime(Runtime):
             raise TechniqueError("tensorrt is not installed: pip install 'slimkit[tensorrt]'"
                                  ) from None
         check_qdq(model.path)
-        return TrtSession(build_engine(trt, model.path), [i.name for i in model.inputs])
+        return TrtSession(build_engine(trt, model.path))
 
     def describe(self) -> dict[str, Any]:
         from slimkit.machine import capabilities

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from slimkit.dataset import Dataset
 from slimkit.errors import TechniqueError
+from slimkit.formats.base import first_line
 from slimkit.formats.litert import quiet
 from slimkit.formats.litert_export import EXPORT_BATCH, litert_torch, sample_args, to_litert
 from slimkit.model import Model, TorchModel
@@ -64,7 +65,7 @@ def litert_int8(model: Model, config: LitertInt8, ctx: StepContext) -> StepResul
             graph = torch.export.export(model.module.eval(), (), kwargs).module()
             graph = prepare_pt2e(graph, quantizer)
     except Exception as e:
-        raise TechniqueError(f"litert_int8: torch.export failed ({_line(e)})") from e
+        raise TechniqueError(f"litert_int8: torch.export failed ({first_line(e)})") from e
     if static:
         rows = _calibrate(graph, model, ctx.data, config.samples)
     else:  # weight observers record their ranges only when the graph runs
@@ -101,8 +102,3 @@ def _calibrate(graph: Any, model: TorchModel, data: Dataset | None, samples: int
                 data.inputs[k][start : start + EXPORT_BATCH])) for k in names})
             advance(EXPORT_BATCH)
     return n
-
-
-def _line(e: BaseException) -> str:
-    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-    return (lines[0] if lines else type(e).__name__)[:300]
