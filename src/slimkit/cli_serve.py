@@ -21,7 +21,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(
         help="most rows per model call and per request; 1 turns batching off")] = 32,
     max_delay_ms: Annotated[float, typer.Option(
-        help="longest a request waits for others to join its batch")] = 5.0,
+        help="longest a request waits for others to join its batch once batches merge; "
+             "0: a batch is what queued while the previous one ran")] = 0.0,
     max_queue: Annotated[int, typer.Option(
         help="requests that may wait; beyond, 503 with Retry-After")] = 256,
     max_tokens: Annotated[int, typer.Option(
