@@ -89,3 +89,20 @@ def test_torch_session_flattens_structured_outputs() -> None:
     assert [t.shape for t in _flatten({"x": b, "meta": "text", "y": c})] == [b.shape, c.shape]
     with pytest.raises(TypeError, match="expected tensors"):
         _flatten("oops")
+
+
+def test_runtime_installed_follows_the_packages() -> None:
+    """A search leaves out runtimes whose packages are missing; the test extra installs
+    every runtime's package but TensorRT's (it needs CUDA)."""
+    from slimkit.errors import ConfigError
+    from slimkit.runtimes import base, register_runtime, runtime_installed
+
+    assert all(runtime_installed(r) for r in ["torch", "onnxruntime", "openvino", "litert"])
+    register_runtime("absent", "slimkit.runtimes.onnxruntime", "OrtRuntime", "onnx",
+                     needs=("slimkit_no_such_package",))
+    try:
+        assert not runtime_installed("absent")
+    finally:
+        del base._RUNTIMES["absent"], base._NEEDS["absent"]
+    with pytest.raises(ConfigError, match="unknown runtime"):
+        runtime_installed("nonesuch")

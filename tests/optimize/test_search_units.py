@@ -72,9 +72,25 @@ def test_advice_follows_objective_and_training_time() -> None:
     assert {r for i in only.ideas for r in i.runtimes} == {"onnxruntime"}
 
 
+def test_litert_is_advised_for_torch_cnns_only() -> None:
+    runs = ["torch", "onnxruntime", "openvino", "litert"]
+    cnn = {i.id: i for i in advise(FakeProfile(), settings(), runs, caps=ZEN4).ideas}
+    assert cnn["litert-fp32"].runtimes == ["litert"] and cnn["litert-int8"].runtimes == ["litert"]
+    assert cnn["litert-int8"].steps == ["litert_int8"]
+    assert any("82%" in r for r in cnn["litert-int8"].reasons)
+
+    class Encoder(FakeProfile):
+        family = "encoder_transformer"
+
+    text = advise(Encoder(), settings(), runs, caps=ZEN4)
+    assert not any("litert" in i.runtimes for i in text.ideas)
+    onnx_only = advise(FakeProfile(), settings(), runs[:3], caps=ZEN4)
+    assert not any("litert" in i.id for i in onnx_only.ideas)
+
+
 def test_every_advised_step_parses() -> None:
     """What the rules write must be valid configs once the search fills the options."""
-    runs = ["torch", "onnxruntime", "openvino"]
+    runs = ["torch", "onnxruntime", "openvino", "litert"]
     advice = advise(FakeProfile(), settings(objective="size"), runs, caps=ZEN4)
     s = settings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -27,7 +27,7 @@ from slimkit.outputs import model_outputs, outputs_key
 from slimkit.pipeline import Built, Cache, build, model_key
 from slimkit.progress import console
 from slimkit.runtimes import runtime_format
-from slimkit.runtimes.base import runtime_for_format, runtime_names
+from slimkit.runtimes.base import runtime_for_format, runtime_installed, runtime_names
 
 SEARCH_DIR = "search"  # reference outputs and the profile, for a resume
 OWN_FILES = {"results.json", "report.md", "report.html", "errors.log", "candidates", "best",
@@ -127,7 +127,8 @@ def prepare(job: Job) -> Setup:
     tmp = folder / "reference.tmp.npz"
     np.savez(tmp, outputs=reference)
     tmp.replace(ref_file)
-    runs = [r for r in runtime_names() if runtime_format(r) in [start, *reachable(start)]]
+    runs = [r for r in runtime_names() if runtime_format(r) in [start, *reachable(start)]
+            and runtime_installed(r)]
     prof_file = folder / "profile.json"
     if job.resume and prof_file.is_file():
         prof = Profile.model_validate_json(prof_file.read_text())

@@ -7,6 +7,7 @@ recipe asks for one, so `import slimkit` stays light.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -57,8 +58,23 @@ _RUNTIMES: dict[str, tuple[str, str, Format]] = {
 }
 
 
-def register_runtime(name: str, module: str, cls: str, fmt: Format) -> None:
+# Packages a runtime needs beyond the base install (extras), so a search can leave out the
+# runtimes this environment cannot load instead of failing every trial on them.
+_NEEDS: dict[str, tuple[str, ...]] = {"openvino": ("openvino",), "litert": ("ai_edge_litert",),
+                                      "tensorrt": ("tensorrt",)}
+
+
+def register_runtime(name: str, module: str, cls: str, fmt: Format,
+                     needs: tuple[str, ...] = ()) -> None:
     _RUNTIMES[name] = (module, cls, fmt)
+    _NEEDS[name] = needs
+
+
+def runtime_installed(name: str) -> bool:
+    """Whether the packages the runtime imports are installed (not whether it can run here:
+    tensorrt still needs a GPU, which its `load` checks)."""
+    runtime_format(name)
+    return all(importlib.util.find_spec(m) is not None for m in _NEEDS.get(name, ()))
 
 
 def runtime_names() -> list[str]:
