@@ -41,18 +41,9 @@ model rows (a fixed cost per request caps the speed-up a faster model can show).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +59,7 @@ from slimkit.model import load_model
 from slimkit.pipeline import Cache, build, model_key
 from slimkit.runtimes import runtime_format
 from slimkit.serve import loadtest
+from slimkit.serve.under_load import row_bodies, serving
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 OUT = Path("runs/bench-serving")
@@ -75,26 +67,9 @@ DOLLARS_PER_HOUR = 1.0
 LEVELS = (1, 8, 32)
 BATCHING_GAIN = 2.0  # digits, concurrency 32: batched over unbatched throughput
 KEPT = 0.80  # served int8 speed-up over the offline one
+JSON = {"Content-Type": "application/json"}
 ROWS = {"digits": ("digits-quantize.yaml", "ort-fp32", "ort-int8-static"),
         "minilm": ("minilm-quantize.yaml", "ort-fp32", "ort-int8-dynamic")}
-
-
-class RealRows(loadtest.Target):
-    """A load target whose body turns over real rows: `run_level` reads `body` once per
-    request, so each request carries the next row."""
-
-    def __init__(self, port: int, path: str, bodies: list[bytes]) -> None:
-        self.bodies, self._next = bodies, itertools.count()
-        super().__init__("http", "127.0.0.1", port, path, bodies[0],
-                         {"Content-Type": "application/json"})
-
-    @property  # type: ignore[override]
-    def body(self) -> bytes:
-        return self.bodies[next(self._next) % len(self.bodies)]
-
-    @body.setter
-    def body(self, value: bytes) -> None:
-        pass
 
 
 @dataclass
@@ -104,55 +79,11 @@ class Payload:
     bodies: list[bytes]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def serving(artifact: Path, max_batch: int, threads: int, log: Path) -> Iterator[int]:
-    """`slimkit serve ARTIFACT` in a subprocess on a free port, up until /health answers;
-    SIGTERM afterwards (it answers what it accepted, then exits)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "slimkit.cli", "serve", str(artifact), "--port", str(port),
-           "--max-batch", str(max_batch), "--threads", str(threads)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"slimkit serve exited {proc.returncode}: "
-                                   f"{log.read_text()[-600:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"slimkit serve: no /health within 180 s ({log})")
-            time.sleep(0.2)
-        yield port
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def payloads(model: str, test: Dataset, tokenizer: str | None, limit: int | None
              ) -> tuple[list[Payload], str]:
     """The request bodies, one real row each, and a line describing them."""
     if model != "minilm":
-        n = len(test)
-        bodies = [json.dumps({"inputs": {k: v[i].tolist() for k, v in test.inputs.items()}}
-                             ).encode() for i in range(n)]
-        return [Payload("rows", "/v1/predict", bodies)], f"{n} test images"
+        return [Payload("rows", "/v1/predict", row_bodies(test))], f"{len(test)} test images"
     from slimkit.examples.minilm import paragraphs
 
     texts = paragraphs()
@@ -208,15 +139,16 @@ def measure(model: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]],
     rows: list[dict[str, Any]] = []
     for max_batch in (32, 1):
         ports: dict[str, int] = {}
-        with serving(targets[0].artifact, max_batch, args.threads,
-                     out / f"{fp32_name}-b{max_batch}.log") as ports[fp32_name], \
-                serving(targets[1].artifact, max_batch, args.threads,
-                        out / f"{int8_name}-b{max_batch}.log") as ports[int8_name]:
+        with serving(targets[0].artifact, out / f"{fp32_name}-b{max_batch}.log",
+                     max_batch=max_batch, threads=args.threads) as ports[fp32_name], \
+                serving(targets[1].artifact, out / f"{int8_name}-b{max_batch}.log",
+                        max_batch=max_batch, threads=args.threads) as ports[int8_name]:
             for p in kinds:
                 for i, c in enumerate(LEVELS):
                     order = [fp32_name, int8_name] if i % 2 == 0 else [int8_name, fp32_name]
                     for name in order:
-                        t = RealRows(ports[name], p.path, p.bodies)
+                        t = loadtest.Target("http", "127.0.0.1", ports[name], p.path,
+                                            p.bodies[0], JSON, p.bodies)
                         warm = min(args.duration, 3.0)
                         loadtest.run_level(t, min(c, 8), 4 * max_batch, warm)
                         lv = loadtest.run_level(t, c, args.requests, args.duration)

@@ -96,6 +96,31 @@ class EvalConfig(BaseModel):
     user_metric: str | None = Field(None, description="package.module:function")
 
 
+class LoadSpec(BaseModel):
+    """`slimkit run` serves each candidate with `slimkit serve` on 127.0.0.1 and sends it the
+    run's own data rows, one per request, at each concurrency (as `slimkit loadtest` does)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    concurrency: list[int] = Field([1, 8, 32], min_length=1,
+                                   description="concurrent clients, one level each")
+    requests: int = Field(2000, gt=0, le=1_000_000, description="per level at most")
+    duration: float = Field(10.0, gt=0, le=3600, description="seconds per level at most")
+    dollars_per_hour: float = Field(1.0, ge=0, description="the machine's price, for the cost "
+                                                           "of a million requests")
+    max_batch: int = Field(32, gt=0, description="the server's --max-batch")
+    max_delay_ms: float = Field(0.0, ge=0, description="the server's --max-delay-ms")
+    candidates: list[str] | None = Field(None, description="names to serve; default all")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        bad = [c for c in v if not 1 <= c <= 1024]
+        if bad:
+            raise ValueError(f"each level must be between 1 and 1024, not {bad[0]}")
+        return v
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -110,6 +135,8 @@ class Recipe(BaseModel):
     candidates: list[CandidateConfig] = Field(default_factory=list)
     search: SearchConfig | None = Field(None, description="search techniques x runtimes "
                                         "within a quality budget (slimkit optimize)")
+    loadtest: LoadSpec | None = Field(None, description="serve each candidate on 127.0.0.1 "
+                                      "and measure it under load; the figures join the report")
     output: PathText = Field(None, description="run directory; default runs/<name>")
     cache_dir: PathText = Field(None, description="default $SLIMKIT_CACHE or ~/.cache/slimkit")
 
@@ -125,6 +152,11 @@ class Recipe(BaseModel):
         clash = sorted({n for n in names if folded.count(n.casefold()) > 1})
         if clash:  # one folder on macOS and Windows
             raise ValueError(f"candidates: names differ only in case: {', '.join(clash)}")
+        unknown = [n for n in (self.loadtest.candidates or []) if n not in names] \
+            if self.loadtest else []
+        if unknown:
+            raise ValueError(f"loadtest.candidates: {unknown[0]!r} is not a candidate "
+                             f"(candidates: {', '.join(names)})")
         if sum(c.baseline for c in self.candidates) > 1:
             raise ValueError("candidates: more than one is marked baseline")
         for i, cand in enumerate(self.candidates):

@@ -142,6 +142,21 @@ class StepReport(Open):
         return dict(self.model_extra or {})
 
 
+class ServedLevel(Closed):
+    """One concurrency level of a candidate behind `slimkit serve` (a recipe's `loadtest`)."""
+
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    throughput: float  # answered requests per second
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    dollars_per_million: float | None = None
+    first_error: str | None = None
+
+
 class Candidate(Closed):
     name: str
     runtime: str
@@ -156,6 +171,7 @@ class Candidate(Closed):
     error: str | None = None
     details: dict[str, StepReport] | None = None  # by step label, e.g. "2:static_int8"
     cpu_notes: list[str] = Field(default_factory=list)  # what is known to lose on this CPU
+    served: list[ServedLevel] | None = None  # a recipe's loadtest, one entry per level
 
     @property
     def failed(self) -> bool:
@@ -178,6 +194,7 @@ class RunResults(Closed):
     warnings: list[str] = Field(default_factory=list)
     candidates: list[Candidate] = Field(default_factory=list)
     search: SearchInfo | None = None  # what `slimkit optimize` tried, found and chose
+    loadtest: dict[str, Any] | None = None  # the recipe's loadtest settings, when it had one
 
     def to_document(self) -> dict[str, Any]:
         """The JSON document; a value JSON has no type for (in a technique's options, say)

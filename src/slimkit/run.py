@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import importlib.util
 import json
 import shutil
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,11 +48,15 @@ from slimkit.results import (
     Ratios,
     RunResults,
     RuntimeInfo,
+    ServedLevel,
     save_results,
     step_label,
     step_report,
 )
 from slimkit.runtimes import runtime_format
+
+if TYPE_CHECKING:
+    from slimkit.serve.loadtest import Level
 
 
 @dataclass
@@ -64,6 +70,7 @@ class CandidateResult:
     quality: dict[str, float] | None = None
     bench: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what is known to lose on this CPU
+    served: list[ServedLevel] | None = None  # the recipe's loadtest
 
 
 def run_recipe(recipe: Recipe) -> dict[str, Any]:
@@ -75,6 +82,8 @@ def run_results(recipe: Recipe) -> RunResults:
     """Every candidate built, evaluated and measured; a candidate that fails at any stage
     keeps its error and the run goes on, so one bad step never costs the others' figures."""
     check_output_dir(recipe.output_dir)
+    if recipe.loadtest is not None and importlib.util.find_spec("uvicorn") is None:
+        raise ConfigError("loadtest: serving needs the serve extra (pip install 'slimkit[serve]')")
     cache = Cache(Path(recipe.cache_dir) if recipe.cache_dir else None)
     base = load_model(recipe.model)
     data = load_data(recipe.data, base)
@@ -91,6 +100,8 @@ def run_results(recipe: Recipe) -> RunResults:
         for text in budget_warnings(res.name, res.details, res.quality):
             _warn(warnings, text)
     _benchmark_all(recipe, results, data)
+    if recipe.loadtest is not None:
+        _load_all(recipe, results, data, warnings)
     doc = _results_doc(recipe, results, data, warnings)
     _write_run(recipe, results, doc, errors)
     return doc
@@ -262,6 +273,42 @@ def _benchmark_all(recipe: Recipe, results: list[CandidateResult], data: Dataset
                 r.error = f"benchmark: {r.bench.pop('error')}"
 
 
+def _load_all(recipe: Recipe, results: list[CandidateResult], data: Dataset,
+              warnings: list[str]) -> None:
+    """Each measured candidate behind `slimkit serve`, one after another (never two servers
+    sharing the cores); one that cannot be served gets a warning and the rest go on."""
+    from slimkit.serve.under_load import put_under_load
+
+    spec = recipe.loadtest
+    assert spec is not None
+    chosen = [r for r in results if r.built is not None and r.error is None
+              and (spec.candidates is None or r.name in spec.candidates)]
+    with tempfile.TemporaryDirectory(prefix="slimkit-serve-") as logs, \
+            progress_bar("load testing", total=len(chosen) * len(spec.concurrency)) as advance:
+        for r in chosen:
+            assert r.built is not None
+            try:
+                levels = put_under_load(r.built.path, data, spec, recipe.benchmark.threads,
+                                        Path(logs) / f"{r.name}.log",
+                                        progress=lambda note, n=r.name: advance(1, f"{n} {note}"))
+            except SlimkitError as e:
+                _warn(warnings, f"{r.name}: not load tested: {e}")
+                continue
+            r.served = [served_level(lv, spec.dollars_per_hour) for lv in levels]
+
+
+def served_level(lv: Level, dollars_per_hour: float) -> ServedLevel:
+    def ms(q: float) -> float | None:
+        return lv.percentile(q) * 1e3 if lv.latencies else None
+
+    cost = lv.cost_per_million(dollars_per_hour)
+    return ServedLevel(concurrency=lv.concurrency, requests=lv.requests, errors=lv.errors,
+                       seconds=lv.seconds, throughput=lv.throughput, p50_ms=ms(50),
+                       p90_ms=ms(90), p99_ms=ms(99),
+                       dollars_per_million=cost if np.isfinite(cost) else None,
+                       first_error=lv.error_example or None)
+
+
 def technique_reports(cache: Cache, built: Built) -> dict[str, Any]:
     """The report each step left beside its artifact, keyed by its place in the lineage and
     its name ("2:static_int8"), so two steps of one technique both survive."""
@@ -285,8 +332,8 @@ def model_bytes(path: Path) -> int:
 def candidate_doc(name: str, runtime: str, *, lineage: list[dict[str, Any]], key: str | None,
                   artifact: str | None, size: int | None, quality: dict[str, Any] | None,
                   bench: dict[str, Any], base_size: int | None, error: str | None = None,
-                  details: dict[str, Any] | None = None, notes: list[str] | None = None
-                  ) -> Candidate:
+                  details: dict[str, Any] | None = None, notes: list[str] | None = None,
+                  served: list[ServedLevel] | None = None) -> Candidate:
     """One candidate as results.json holds it, from what a run or a search measured: the
     size ratio joins the speed ratios, and a candidate that failed keeps none."""
     bench = dict(bench)
@@ -305,6 +352,7 @@ def candidate_doc(name: str, runtime: str, *, lineage: list[dict[str, Any]], key
         details={label: step_report(label, rep) for label, rep in (details or {}).items()}
         or None,
         cpu_notes=notes or [],
+        served=served,
     )
 
 
@@ -315,7 +363,8 @@ def _candidate(r: CandidateResult, base_size: int | None) -> Candidate:
         key=built.key if built else None,
         artifact=f"candidates/{r.name}" if built else None,
         size=model_bytes(built.path) if built else None, quality=r.quality, bench=r.bench,
-        base_size=base_size, error=r.error, details=r.details, notes=r.notes)
+        base_size=base_size, error=r.error, details=r.details, notes=r.notes,
+        served=r.served)
 
 
 def _results_doc(recipe: Recipe, results: list[CandidateResult], data: Dataset,
@@ -334,6 +383,7 @@ def _results_doc(recipe: Recipe, results: list[CandidateResult], data: Dataset,
         recipe=recipe.model_dump(mode="json"),
         warnings=warnings,
         candidates=[_candidate(r, base_size) for r in results],
+        loadtest=recipe.loadtest.model_dump(mode="json") if recipe.loadtest else None,
     )
 
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from slimkit.progress import stdout_console
+from slimkit.report.served import served_section
 from slimkit.report.table import Column, columns, quality_keys
 from slimkit.results import RunResults, as_results
 
@@ -54,6 +55,14 @@ def print_summary(results: RunResults | Mapping[str, Any], console: Console | No
     results = as_results(results)
     console = console or stdout_console()
     console.print(summary_table(results))
+    served = served_section(results)
+    if served is not None:
+        t = Table(title=f"{results.name}: served (slimkit serve under load)", title_justify="left")
+        for head, num in zip(served.headers, served.numeric, strict=True):
+            t.add_column(head, justify="right" if num else "left")
+        for row in served.rows:
+            t.add_row(*(escape(cell) for cell in row))
+        console.print(t)
     for c in results.candidates:
         for note in c.cpu_notes:
             console.print(f"[yellow]* {escape(c.name)}:[/yellow] {escape(note)}", highlight=False)

@@ -59,7 +59,7 @@ def v1_candidate(name: str, steps: list[dict[str, Any]], size: int | None,
                   "throughput": 1234.5, "throughput_rounds": [1230.0, 1239.0],
                   "load_seconds": 0.2, "peak_rss_mb": 150.0} if ok else None,
         "ratios": {"throughput": 1.8, "latency": 1.6, "size": 0.25} if ok else None,
-        "error": error, "details": details, "cpu_notes": [],
+        "error": error, "details": details, "cpu_notes": [], "served": None,
     }
 
 

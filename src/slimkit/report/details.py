@@ -187,8 +187,11 @@ def notice_section(results: RunResults) -> DetailSection | None:
 
 
 def detail_sections(results: RunResults) -> list[DetailSection]:
+    from slimkit.report.served import served_section  # it builds on DetailSection
+
     notice = notice_section(results)
-    sections = [notice] if notice else []
+    served = served_section(results)
+    sections = [s for s in (notice, served) if s is not None]
     for cand in results.candidates:
         for label, report in (cand.details or {}).items():
             sections.append(step_section(f"{cand.name}: {label}", report))

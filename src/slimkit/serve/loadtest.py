@@ -10,9 +10,11 @@ whichever comes first, and only loopback hosts are sent to unless a host is name
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,12 +65,20 @@ class Level:
 
 @dataclass
 class Target:
+    """Where load goes. With `bodies`, requests take them in turn (real rows, each request
+    the next), else every request sends `body`."""
+
     scheme: str
     host: str
     port: int
     path: str
     body: bytes
     headers: dict[str, str]
+    bodies: list[bytes] = field(default_factory=list)
+    _turn: Iterator[int] = field(default_factory=itertools.count, repr=False)
+
+    def next_body(self) -> bytes:
+        return self.bodies[next(self._turn) % len(self.bodies)] if self.bodies else self.body
 
     def connect(self) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
@@ -167,7 +177,7 @@ def run_level(t: Target, concurrency: int, requests: int, duration: float) -> Le
             while take():
                 start = time.perf_counter()
                 try:
-                    conn.request("POST", t.path, body=t.body, headers=t.headers)
+                    conn.request("POST", t.path, body=t.next_body(), headers=t.headers)
                     resp = conn.getresponse()
                     data = resp.read()
                     ok = resp.status == 200
