@@ -30,9 +30,10 @@ same threads). Claims: no request fails; on digits at concurrency 32 batching gi
 throughput of no batching (MiniLM: printed, no claim); served at concurrency 32 with batching
 (MiniLM: padding to longest), int8 keeps >= 80 % of its offline speed-up: fp32's cost per
 million requests over int8's, divided by the offline throughput ratio. Cost is at $1/hour.
-Beside them, the ceilings measured in the same run: what one 32-row call gains over one-row
-calls offline (no server can batch beyond it), and what a served request costs beyond its
-model rows (a fixed cost per request caps the speed-up a faster model can show).
+Beside them, what explains them, measured in the same run: what one 32-row call gains over
+one-row calls offline (the runtime's part of batching's gain; the server adds the per-call work
+it saves, a thread handoff per call), and what a served request costs beyond its model rows (a
+fixed cost per request caps the speed-up a faster model can show).
 
     .venv/bin/python benchmarks/serving.py [--models digits,minilm] [--requests 100000]
         [--duration 10] [--quick]
