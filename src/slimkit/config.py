@@ -102,8 +102,8 @@ class LoadSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    concurrency: list[int] = Field([1, 8, 32], min_length=1,
-                                   description="concurrent clients, one level each")
+    concurrency: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        [1, 8, 32], min_length=1, description="concurrent clients, one level each")
     requests: int = Field(2000, gt=0, le=1_000_000, description="per level at most")
     duration: float = Field(10.0, gt=0, le=3600, description="seconds per level at most")
     dollars_per_hour: float = Field(1.0, ge=0, description="the machine's price, for the cost "
@@ -111,14 +111,6 @@ class LoadSpec(BaseModel):
     max_batch: int = Field(32, gt=0, description="the server's --max-batch")
     max_delay_ms: float = Field(0.0, ge=0, description="the server's --max-delay-ms")
     candidates: list[str] | None = Field(None, description="names to serve; default all")
-
-    @field_validator("concurrency")
-    @classmethod
-    def _levels(cls, v: list[int]) -> list[int]:
-        bad = [c for c in v if not 1 <= c <= 1024]
-        if bad:
-            raise ValueError(f"each level must be between 1 and 1024, not {bad[0]}")
-        return v
 
 
 class Recipe(BaseModel):

@@ -1,4 +1,5 @@
-"""Run a recipe: build every candidate, evaluate it, benchmark all of them in one run, report.
+"""Run a recipe: build every candidate, evaluate it, benchmark all of them in one run, serve
+each under load when the recipe asks (`loadtest:`), report.
 
 Nothing is written into the run directory until the work is done; then each artifact, the
 results and the reports land atomically. Finished steps and quality figures are cached, so a
