@@ -10,26 +10,17 @@ know still shows its plain fields, so a new technique's report shows up without 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from slimkit.report.formats import format_cell
+from slimkit.report.section import DetailSection
+from slimkit.report.served import served_section
 from slimkit.results import RunResults, StepReport
 
 # Row keys that are recorded for rebuilding or plotting, not for reading.
 _HIDDEN_COLUMNS = {"heads_kept", "pruned"}
 
 Fields = dict[str, Any]
-
-
-@dataclass
-class DetailSection:
-    title: str
-    facts: list[str] = field(default_factory=list)
-    headers: list[str] = field(default_factory=list)
-    rows: list[list[str]] = field(default_factory=list)
-    numeric: list[bool] = field(default_factory=list)
-    curve: list[float] = field(default_factory=list)  # training loss per epoch
 
 
 def _quantization_facts(report: Fields) -> list[str]:
@@ -187,8 +178,6 @@ def notice_section(results: RunResults) -> DetailSection | None:
 
 
 def detail_sections(results: RunResults) -> list[DetailSection]:
-    from slimkit.report.served import served_section  # it builds on DetailSection
-
     notice = notice_section(results)
     served = served_section(results)
     sections = [s for s in (notice, served) if s is not None]

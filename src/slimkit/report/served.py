@@ -3,8 +3,8 @@ concurrency, with what a million requests cost against the baseline's at the sam
 
 from __future__ import annotations
 
-from slimkit.report.details import DetailSection
 from slimkit.report.formats import DASH
+from slimkit.report.section import DetailSection
 from slimkit.results import RunResults, ServedLevel
 
 HEADERS = ["Candidate", "Runtime", "Clients", "Requests", "Req/s", "p50 ms", "p99 ms",
