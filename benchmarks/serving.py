@@ -130,7 +130,7 @@ def measure(model: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]],
                "error": res[int8_name].get("error") or res[fp32_name].get("error"),
                "fp32": fp32_name, "int8": int8_name,
                # rows/s at batch 32 and ms for one row: their product is what one call of 32
-               # rows gains over 32 calls of one row, the most a server's batching can gain
+               # rows gains over 32 calls of one row, the runtime's part of batching's gain
                "rows_per_s": {n: res[n].get("throughput") for n in (fp32_name, int8_name)},
                "p50_ms": {n: res[n].get("latency_ms", {}).get("p50")
                           for n in (fp32_name, int8_name)}}

@@ -19,7 +19,7 @@ import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -55,9 +55,6 @@ from slimkit.results import (
     step_report,
 )
 from slimkit.runtimes import runtime_format
-
-if TYPE_CHECKING:
-    from slimkit.serve.loadtest import Level
 
 
 @dataclass
@@ -289,25 +286,11 @@ def _load_all(recipe: Recipe, results: list[CandidateResult], data: Dataset,
         for r in chosen:
             assert r.built is not None
             try:
-                levels = put_under_load(r.built.path, data, spec, recipe.benchmark.threads,
-                                        Path(logs) / f"{r.name}.log",
-                                        progress=lambda note, n=r.name: advance(1, f"{n} {note}"))
+                r.served = put_under_load(r.built.path, data, spec, recipe.benchmark.threads,
+                                          Path(logs) / f"{r.name}.log",
+                                          progress=lambda n, c=r.name: advance(1, f"{c} {n}"))
             except SlimkitError as e:
                 _warn(warnings, f"{r.name}: not load tested: {e}")
-                continue
-            r.served = [served_level(lv, spec.dollars_per_hour) for lv in levels]
-
-
-def served_level(lv: Level, dollars_per_hour: float) -> ServedLevel:
-    def ms(q: float) -> float | None:
-        return lv.percentile(q) * 1e3 if lv.latencies else None
-
-    cost = lv.cost_per_million(dollars_per_hour)
-    return ServedLevel(concurrency=lv.concurrency, requests=lv.requests, errors=lv.errors,
-                       seconds=lv.seconds, throughput=lv.throughput, p50_ms=ms(50),
-                       p90_ms=ms(90), p99_ms=ms(99),
-                       dollars_per_million=cost if np.isfinite(cost) else None,
-                       first_error=lv.error_example or None)
 
 
 def technique_reports(cache: Cache, built: Built) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +18,12 @@ from typer.testing import CliRunner
 
 from slimkit.cli import app
 from slimkit.serve.server import ServeOptions, load_served
+from slimkit.serve.under_load import free_port
 from tests.serve.conftest import call
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(model_dir: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "slimkit.cli", "serve", str(model_dir), "--port", str(port),
          *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -11,6 +11,7 @@ the result.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 from slimkit.config import LoadSpec
 from slimkit.data import Dataset
 from slimkit.errors import SlimkitError
+from slimkit.results import ServedLevel
 from slimkit.serve.loadtest import Level, Target, run_level
 
 START_SECONDS = 180.0  # a big model's load and first compile
@@ -93,9 +95,9 @@ def row_bodies(data: Dataset, limit: int = ROWS) -> list[bytes]:
 
 
 def put_under_load(artifact: Path, data: Dataset, spec: LoadSpec, threads: int, log: Path,
-                   progress: Callable[[str], None] | None = None) -> list[Level]:
+                   progress: Callable[[str], None] | None = None) -> list[ServedLevel]:
     """Serve the artifact and measure each of the spec's concurrency levels, after a short
-    warm-up level whose figures are dropped."""
+    warm-up level whose figures are dropped; the levels as results.json keeps them."""
     bodies = row_bodies(data)
     with serving(artifact, log, max_batch=spec.max_batch, max_delay_ms=spec.max_delay_ms,
                  threads=threads) as port:
@@ -108,4 +110,16 @@ def put_under_load(artifact: Path, data: Dataset, spec: LoadSpec, threads: int, 
             levels.append(run_level(target, c, spec.requests, spec.duration))
             if progress:
                 progress(f"concurrency {c}: {levels[-1].throughput:.1f} req/s")
-    return levels
+    return [served_level(lv, spec.dollars_per_hour) for lv in levels]
+
+
+def served_level(lv: Level, dollars_per_hour: float) -> ServedLevel:
+    def ms(q: float) -> float | None:
+        return lv.percentile(q) * 1e3 if lv.latencies else None
+
+    cost = lv.cost_per_million(dollars_per_hour)
+    return ServedLevel(concurrency=lv.concurrency, requests=lv.requests, errors=lv.errors,
+                       seconds=lv.seconds, throughput=lv.throughput, p50_ms=ms(50),
+                       p90_ms=ms(90), p99_ms=ms(99),
+                       dollars_per_million=cost if math.isfinite(cost) else None,
+                       first_error=lv.error_example or None)
